@@ -1,1 +1,93 @@
-fn main() {}
+//! The `prism-launcher` binary: parses flags, sets up logging and signal
+//! handling, and runs the library's [`Launcher`].
+
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use prism_launcher::Launcher;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// A local reconciling launcher for pattern processes.
+#[derive(Debug, Parser)]
+#[command(name = "prism-launcher", version)]
+struct Flags {
+    /// One sub-directory per pattern, each with manifest.yaml.
+    #[arg(long, default_value = "./patterns")]
+    patterns_dir: PathBuf,
+    /// Desired-state files (*.yaml, *.yml); created if missing.
+    #[arg(long, default_value = "./desired")]
+    desired_dir: PathBuf,
+    /// API-declared instances, per-instance logs.
+    #[arg(long, default_value = "./.prism")]
+    state_dir: PathBuf,
+    /// gRPC listen port.
+    #[arg(long, default_value_t = 8080)]
+    grpc_port: u16,
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: IpAddr,
+    /// Ports handed to instances, as A-B.
+    #[arg(long, default_value = "50051-59999", value_parser = parse_range)]
+    port_range: RangeInclusive<u16>,
+    /// How long an instance may take to become healthy.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    startup_timeout: Duration,
+    /// Grace period of a graceful stop when neither the call nor the
+    /// declaration sets one.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace_period: Duration,
+}
+
+fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a range like 50051-59999"))?;
+    let a: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 0 < A <= B"));
+    }
+    if u32::from(b) - u32::from(a) < 1 {
+        return Err(format!("{s:?}: an instance needs two ports"));
+    }
+    Ok(a..=b)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let flags = Flags::parse();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    Launcher::builder()
+        .patterns_dir(flags.patterns_dir)
+        .desired_dir(flags.desired_dir)
+        .state_dir(flags.state_dir)
+        .listen(flags.listen)
+        .grpc_port(flags.grpc_port)
+        .port_range(flags.port_range)
+        .startup_timeout(flags.startup_timeout)
+        .default_grace(flags.grace_period)
+        .build()
+        .run(shutdown)
+        .await
+        .context("prism-launcher")
+}

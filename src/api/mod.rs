@@ -1,0 +1,204 @@
+//! The gRPC service `prism.launcher.PatternLauncher`: converts wire types
+//! to domain types, sends commands to the controller and waits on its
+//! snapshots. It makes no lifecycle decision.
+
+pub mod convert;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use crate::proto;
+use crate::proto::pattern_launcher_server::PatternLauncher;
+use crate::reconcile::Phase;
+use crate::runtime::controller::{Command, CommandError, ControllerHandle, LaunchParams};
+use crate::runtime::snapshot::{InstanceStatus, Snapshot};
+
+/// The loop is stalled when it has not run for this long.
+const STALL_AFTER: Duration = Duration::from_secs(10);
+/// Extra time a waiting call allows beyond the timeout it waits for.
+const WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// The service, holding handles to the controller.
+#[derive(Clone)]
+pub struct LauncherService {
+    handle: ControllerHandle,
+}
+
+impl LauncherService {
+    /// A service talking to this controller.
+    pub fn new(handle: ControllerHandle) -> Self {
+        LauncherService { handle }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Command,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.handle
+            .commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Status::unavailable("the launcher is shutting down"))?;
+        rx.await
+            .map_err(|_| Status::unavailable("the launcher is shutting down"))?
+            .map_err(to_status)
+    }
+
+    /// Waits until `done` holds for the snapshot, or `timeout` passes;
+    /// returns the last snapshot either way.
+    async fn wait(
+        &self,
+        timeout: Duration,
+        done: impl FnMut(&Arc<Snapshot>) -> bool,
+    ) -> Arc<Snapshot> {
+        let mut rx = self.handle.snapshots.clone();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(done)).await;
+        rx.borrow().clone()
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.handle.snapshots.borrow().clone()
+    }
+}
+
+fn to_status(e: CommandError) -> Status {
+    match e {
+        CommandError::NotFound(m) => Status::not_found(m),
+        CommandError::InvalidArgument(m) => Status::invalid_argument(m),
+        CommandError::FailedPrecondition(m) => Status::failed_precondition(m),
+        CommandError::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+#[tonic::async_trait]
+impl PatternLauncher for LauncherService {
+    async fn launch_pattern(
+        &self,
+        request: Request<proto::LaunchRequest>,
+    ) -> Result<Response<proto::LaunchResponse>, Status> {
+        let r = request.into_inner();
+        let isolation = convert::isolation_from_wire(r.isolation)?;
+        let params = LaunchParams {
+            pattern: r.pattern_name,
+            isolation,
+            namespace: r.namespace,
+            session_id: r.session_id,
+            config: r.config.into_iter().collect(),
+            grace_period_secs: r.grace_period_secs,
+        };
+        let accepted = self.ask(|reply| Command::Launch { params, reply }).await?;
+        let id = accepted.process_id.clone();
+        let settled = |s: &InstanceStatus| {
+            (s.phase == Phase::Running && s.healthy)
+                || s.phase == Phase::Failed
+                || s.failed_starts > accepted.failed_starts
+        };
+        let timeout = self.handle.plan.startup_timeout + WAIT_MARGIN;
+        let snap = self
+            .wait(timeout, |s| {
+                s.instances.get(&id).is_some_and(|i| settled(i))
+            })
+            .await;
+        let Some(st) = snap.instances.get(&id) else {
+            return Err(Status::unavailable(format!(
+                "{id} was declared but has not started (is the launcher shutting down?)"
+            )));
+        };
+        Ok(Response::new(convert::launch_response(st)))
+    }
+
+    async fn list_patterns(
+        &self,
+        request: Request<proto::ListPatternsRequest>,
+    ) -> Result<Response<proto::ListPatternsResponse>, Status> {
+        let r = request.into_inner();
+        let state = convert::state_filter(r.state)?;
+        let snap = self.snapshot();
+        let patterns = snap
+            .instances
+            .values()
+            .filter(|s| r.pattern_name.is_empty() || s.pattern == r.pattern_name)
+            .filter(|s| r.namespace.is_empty() || s.namespace == r.namespace)
+            .filter(|s| state.is_none_or(|p| s.phase == p))
+            .map(|s| convert::pattern_info(s))
+            .collect();
+        Ok(Response::new(proto::ListPatternsResponse {
+            patterns,
+            total_count: convert::count(snap.instances.len()),
+        }))
+    }
+
+    async fn terminate_pattern(
+        &self,
+        request: Request<proto::TerminateRequest>,
+    ) -> Result<Response<proto::TerminateResponse>, Status> {
+        let r = request.into_inner();
+        let grace = crate::spec::grace_from_secs(r.grace_period_secs)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = r.process_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("process_id is required"));
+        }
+        let force = r.force;
+        let pid = id.clone();
+        self.ask(|reply| Command::Terminate {
+            process_id: pid,
+            grace,
+            force,
+            reply,
+        })
+        .await?;
+        let timeout = grace.unwrap_or(self.handle.plan.default_grace) + WAIT_MARGIN * 6;
+        let snap = self.wait(timeout, |s| !s.instances.contains_key(&id)).await;
+        Ok(Response::new(match snap.instances.get(&id) {
+            None => proto::TerminateResponse {
+                success: true,
+                error: String::new(),
+            },
+            Some(s) => proto::TerminateResponse {
+                success: false,
+                error: format!(
+                    "{id} is still {:?} after {timeout:?} (pid {:?})",
+                    s.phase, s.pid
+                ),
+            },
+        }))
+    }
+
+    async fn health(
+        &self,
+        request: Request<proto::HealthRequest>,
+    ) -> Result<Response<proto::HealthResponse>, Status> {
+        let r = request.into_inner();
+        let snap = self.snapshot();
+        let stalled = self.handle.loop_age() > STALL_AFTER;
+        Ok(Response::new(convert::health_response(
+            &snap,
+            !stalled,
+            r.include_processes,
+            self.handle.started.elapsed(),
+        )))
+    }
+
+    async fn get_process_status(
+        &self,
+        request: Request<proto::GetProcessStatusRequest>,
+    ) -> Result<Response<proto::GetProcessStatusResponse>, Status> {
+        let id = request.into_inner().process_id;
+        let snap = self.snapshot();
+        Ok(Response::new(match snap.instances.get(&id) {
+            Some(s) => proto::GetProcessStatusResponse {
+                process: Some(convert::pattern_info(s)),
+                not_found: false,
+            },
+            None => proto::GetProcessStatusResponse {
+                process: None,
+                not_found: true,
+            },
+        }))
+    }
+}

@@ -1,0 +1,235 @@
+//! prism-launcher: a local, Kubernetes-style reconciling controller for
+//! pattern processes.
+//!
+//! # Theory of operation
+//!
+//! Sources (gRPC calls, and later `desired/` files) write one desired set.
+//! The controller task owns that set, the pattern catalog and the observed
+//! process table. Each pass of its loop asks the pure planner
+//! ([`reconcile::plan`]) what to do, carries the actions out (spawn,
+//! signal, forget), and publishes a snapshot on a `watch` channel. Process
+//! supervisors report exits and probe results back as events. The gRPC
+//! service only sends commands and waits on snapshots.
+
+pub mod api;
+pub mod catalog;
+pub mod desired;
+pub mod reconcile;
+pub mod runtime;
+pub mod spec;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::catalog::{Catalog, DiscoveryError};
+use crate::reconcile::PlanConfig;
+use crate::runtime::controller::{Command, Controller, ControllerConfig};
+
+/// Generated wire types and the descriptor set for reflection.
+#[allow(missing_docs, clippy::pedantic)] // generated code
+pub mod proto {
+    tonic::include_proto!("prism.launcher");
+
+    /// Encoded `FileDescriptorSet` of the launcher's proto, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/launcher_descriptor.bin"));
+}
+
+/// What can stop the launcher from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The controller could not be set up.
+    #[error(transparent)]
+    Setup(#[from] runtime::controller::SetupError),
+    /// A directory cannot be created.
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The gRPC port cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Reflection could not be set up.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The server failed.
+    #[error("gRPC server: {0}")]
+    Serve(String),
+}
+
+/// Settings of a launcher; build with [`Launcher::builder`].
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    patterns_dir: PathBuf,
+    desired_dir: PathBuf,
+    state_dir: PathBuf,
+    listen: IpAddr,
+    grpc_port: u16,
+    port_range: RangeInclusive<u16>,
+    plan: PlanConfig,
+}
+
+/// Builder of a [`Launcher`], with the defaults of SPEC §2.
+#[derive(Debug, Clone)]
+pub struct LauncherBuilder(Launcher);
+
+impl LauncherBuilder {
+    /// `--patterns-dir`.
+    pub fn patterns_dir(mut self, d: impl Into<PathBuf>) -> Self {
+        self.0.patterns_dir = d.into();
+        self
+    }
+    /// `--desired-dir`.
+    pub fn desired_dir(mut self, d: impl Into<PathBuf>) -> Self {
+        self.0.desired_dir = d.into();
+        self
+    }
+    /// `--state-dir`.
+    pub fn state_dir(mut self, d: impl Into<PathBuf>) -> Self {
+        self.0.state_dir = d.into();
+        self
+    }
+    /// `--listen`.
+    pub fn listen(mut self, a: IpAddr) -> Self {
+        self.0.listen = a;
+        self
+    }
+    /// `--grpc-port`.
+    pub fn grpc_port(mut self, p: u16) -> Self {
+        self.0.grpc_port = p;
+        self
+    }
+    /// `--port-range`.
+    pub fn port_range(mut self, r: RangeInclusive<u16>) -> Self {
+        self.0.port_range = r;
+        self
+    }
+    /// `--startup-timeout`.
+    pub fn startup_timeout(mut self, d: Duration) -> Self {
+        self.0.plan.startup_timeout = d;
+        self
+    }
+    /// `--grace-period` (default grace of graceful stops).
+    pub fn default_grace(mut self, d: Duration) -> Self {
+        self.0.plan.default_grace = d;
+        self
+    }
+    /// The launcher.
+    pub fn build(self) -> Launcher {
+        self.0
+    }
+}
+
+impl Launcher {
+    /// A builder with the defaults.
+    pub fn builder() -> LauncherBuilder {
+        LauncherBuilder(Launcher {
+            patterns_dir: PathBuf::from("./patterns"),
+            desired_dir: PathBuf::from("./desired"),
+            state_dir: PathBuf::from("./.prism"),
+            listen: IpAddr::from([127, 0, 0, 1]),
+            grpc_port: 8080,
+            port_range: 50051..=59999,
+            plan: PlanConfig::default(),
+        })
+    }
+
+    /// Runs until `shutdown` completes, then stops every instance and
+    /// returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), LaunchError> {
+        tracing::info!(
+            "Discovering patterns in directory: {}",
+            self.patterns_dir.display()
+        );
+        let (catalog, errors) = Catalog::discover(&self.patterns_dir);
+        for e in &errors {
+            match e {
+                DiscoveryError::Duplicate { .. } => tracing::warn!("{e}"),
+                _ => tracing::error!("{e}"),
+            }
+        }
+        for p in catalog.iter() {
+            tracing::info!(
+                "Discovered pattern: {} (version: {}, isolation: {})",
+                p.name,
+                p.version,
+                p.isolation
+            );
+        }
+        tracing::info!(
+            "Pattern launcher service created with {} patterns",
+            catalog.len()
+        );
+        for dir in [&self.desired_dir, &self.state_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| LaunchError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+
+        let addr = SocketAddr::new(self.listen, self.grpc_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| LaunchError::Listen { addr, source })?;
+
+        let (controller, handle) = Controller::new(
+            ControllerConfig {
+                state_dir: self.state_dir.clone(),
+                port_range: self.port_range.clone(),
+                plan: self.plan,
+            },
+            catalog,
+        )?;
+        let loop_task = tokio::spawn(controller.run());
+
+        let reflection =
+            |e: tonic_reflection::server::Error| LaunchError::Reflection(e.to_string());
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(reflection)?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(reflection)?;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<proto::pattern_launcher_server::PatternLauncherServer<api::LauncherService>>()
+            .await;
+
+        let service = proto::pattern_launcher_server::PatternLauncherServer::new(
+            api::LauncherService::new(handle.clone()),
+        );
+        tracing::info!("Serving gRPC on :{} ({addr})", self.grpc_port);
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        tracing::info!("gRPC server stopped; terminating instances");
+        let _ = handle.commands.send(Command::Shutdown).await;
+        let _ = loop_task.await;
+        tracing::info!("all instances stopped");
+        served.map_err(|e| LaunchError::Serve(e.to_string()))
+    }
+}

@@ -1,0 +1,604 @@
+//! The planner: one pure function from (desired, catalog, observed, now) to
+//! the actions that converge them, and when to look again.
+//!
+//! Every lifecycle decision is made here: spawn, restart after backoff,
+//! break the circuit, stop gracefully, kill at the deadline, forget.
+//! Level-triggered: the result depends on the state only, never on what
+//! woke the loop.
+
+use std::time::{Duration, Instant};
+
+use super::backoff;
+use super::observed::{Observed, ObservedInstance, Phase, StopReason};
+use crate::catalog::Catalog;
+use crate::desired::{DesiredInstance, DesiredSet};
+
+/// Tunables of the lifecycle (SPEC §6 defaults in [`Default`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanConfig {
+    /// Grace period of a graceful stop when nobody chose one.
+    pub default_grace: Duration,
+    /// How long an instance may take to become healthy.
+    pub startup_timeout: Duration,
+    /// Consecutive failures that break the circuit.
+    pub breaker_threshold: u32,
+    /// Healthy this long and the failure count starts again from zero.
+    pub healthy_reset: Duration,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig {
+            default_grace: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(30),
+            breaker_threshold: 5,
+            healthy_reset: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One step towards the desired state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a process for a desired instance (first start or restart).
+    Spawn {
+        /// Instance.
+        process_id: String,
+        /// The circuit was open and a new declaration closes it.
+        reset_breaker: bool,
+    },
+    /// SIGTERM the process group (SIGKILL when `force`).
+    Stop {
+        /// Instance.
+        process_id: String,
+        /// Why.
+        reason: StopReason,
+        /// Time before SIGKILL.
+        grace: Duration,
+        /// Kill at once.
+        force: bool,
+    },
+    /// The grace period ended: SIGKILL the process group.
+    Kill {
+        /// Instance.
+        process_id: String,
+    },
+    /// Too many consecutive failures: stop restarting.
+    BreakCircuit {
+        /// Instance.
+        process_id: String,
+    },
+    /// Healthy long enough: the consecutive-failure count restarts at zero.
+    ResetFailures {
+        /// Instance.
+        process_id: String,
+    },
+    /// Not desired and no process left: drop the entry, free its ports.
+    Forget {
+        /// Instance.
+        process_id: String,
+    },
+}
+
+/// What to do now, and when to plan again at the latest.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Actions, in process_id order.
+    pub actions: Vec<Action>,
+    /// The earliest time a timer-driven decision falls due.
+    pub wake_at: Option<Instant>,
+}
+
+impl Plan {
+    fn wake(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// Plans one pass. See the module doc.
+pub fn plan(
+    desired: &DesiredSet,
+    catalog: &Catalog,
+    observed: &Observed,
+    now: Instant,
+    cfg: &PlanConfig,
+) -> Plan {
+    let mut plan = Plan::default();
+    // Desired instances that have no entry yet.
+    for (id, d) in desired.iter() {
+        if !observed.contains_key(id) && catalog.get(&d.spec().key.pattern).is_some() {
+            plan.actions.push(Action::Spawn {
+                process_id: id.clone(),
+                reset_breaker: false,
+            });
+        }
+    }
+    for (id, o) in observed {
+        match desired.get(id) {
+            Some(d) => plan_desired(id, d, o, catalog, now, cfg, &mut plan),
+            None => plan_undesired(id, o, now, cfg, &mut plan),
+        }
+    }
+    plan
+}
+
+/// True when the instance should run with something other than what its
+/// process was started with: another config, or a changed manifest.
+fn spec_changed(d: &DesiredInstance, o: &ObservedInstance, catalog: &Catalog) -> bool {
+    if d.spec().config != o.spec.config {
+        return true;
+    }
+    match catalog.get(&o.spec.key.pattern) {
+        Some(p) => **p != *o.pattern,
+        // A removed pattern keeps its running instances.
+        None => false,
+    }
+}
+
+fn stop(id: &str, o: &ObservedInstance, reason: StopReason, cfg: &PlanConfig) -> Action {
+    let req = o.stop_request;
+    Action::Stop {
+        process_id: id.to_string(),
+        reason,
+        grace: req
+            .and_then(|r| r.grace)
+            .or(o.spec.grace_period)
+            .unwrap_or(cfg.default_grace),
+        force: req.is_some_and(|r| r.force),
+    }
+}
+
+fn plan_terminating(id: &str, o: &ObservedInstance, now: Instant, plan: &mut Plan) {
+    let Some(s) = o.stopping else { return };
+    if s.killed {
+        return;
+    }
+    let forced = o.stop_request.is_some_and(|r| r.force);
+    if forced || now >= s.deadline {
+        plan.actions.push(Action::Kill {
+            process_id: id.to_string(),
+        });
+    } else {
+        plan.wake(s.deadline);
+    }
+}
+
+fn plan_desired(
+    id: &str,
+    d: &DesiredInstance,
+    o: &ObservedInstance,
+    catalog: &Catalog,
+    now: Instant,
+    cfg: &PlanConfig,
+    plan: &mut Plan,
+) {
+    let changed = spec_changed(d, o, catalog);
+    let can_spawn = catalog.get(&d.spec().key.pattern).is_some();
+    let spawn = |reset_breaker| Action::Spawn {
+        process_id: id.to_string(),
+        reset_breaker,
+    };
+    match o.phase {
+        Phase::Starting | Phase::Running if changed => {
+            plan.actions.push(stop(id, o, StopReason::SpecChanged, cfg));
+        }
+        Phase::Starting => {
+            let started = o.process.map_or(now, |p| p.started_at);
+            let timeout = o
+                .pattern
+                .health
+                .startup_timeout
+                .unwrap_or(cfg.startup_timeout);
+            let deadline = started + timeout;
+            if now >= deadline {
+                plan.actions
+                    .push(stop(id, o, StopReason::StartupTimeout, cfg));
+            } else {
+                plan.wake(deadline);
+            }
+        }
+        Phase::Running => {
+            if o.probe_failures >= o.pattern.health.failure_threshold {
+                plan.actions.push(stop(id, o, StopReason::Liveness, cfg));
+            } else if o.consecutive_failures > 0
+                && let Some(since) = o.healthy_since
+            {
+                let reset_at = since + cfg.healthy_reset;
+                if now >= reset_at {
+                    plan.actions.push(Action::ResetFailures {
+                        process_id: id.to_string(),
+                    });
+                } else {
+                    plan.wake(reset_at);
+                }
+            }
+        }
+        Phase::Terminating => plan_terminating(id, o, now, plan),
+        Phase::Exited if can_spawn => {
+            if o.consecutive_failures >= cfg.breaker_threshold && !o.restart_now {
+                plan.actions.push(Action::BreakCircuit {
+                    process_id: id.to_string(),
+                });
+                return;
+            }
+            let delay = if o.restart_now {
+                Duration::ZERO
+            } else {
+                backoff::delay(o.consecutive_failures, o.restart_jitter)
+            };
+            let due = o.exited_at.map_or(now, |t| t + delay);
+            if now >= due {
+                plan.actions.push(spawn(false));
+            } else {
+                plan.wake(due);
+            }
+        }
+        Phase::Failed if changed && can_spawn => plan.actions.push(spawn(true)),
+        Phase::Finished if can_spawn => plan.actions.push(spawn(false)),
+        Phase::Exited | Phase::Failed | Phase::Finished => {}
+    }
+}
+
+fn plan_undesired(id: &str, o: &ObservedInstance, now: Instant, cfg: &PlanConfig, plan: &mut Plan) {
+    match o.phase {
+        Phase::Starting | Phase::Running => {
+            plan.actions.push(stop(id, o, StopReason::NotDesired, cfg));
+        }
+        Phase::Terminating => plan_terminating(id, o, now, plan),
+        Phase::Exited | Phase::Failed | Phase::Finished => plan.actions.push(Action::Forget {
+            process_id: id.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::desired::Source;
+    use crate::reconcile::observed::{Ports, ProcessInfo, StopRequest, Stopping};
+    use crate::spec::manifest::{HealthCheck, Pattern, Resources};
+    use crate::spec::{InstanceKey, InstanceSpec, Isolation};
+
+    fn pattern() -> Pattern {
+        Pattern {
+            name: "p".into(),
+            version: "1".into(),
+            dir: PathBuf::from("/p"),
+            executable: PathBuf::from("/p/x"),
+            args: vec![],
+            isolation: Isolation::Namespace,
+            health: HealthCheck::default(),
+            resources: Resources::default(),
+            environment: BTreeMap::new(),
+        }
+    }
+
+    fn spec(ns: &str) -> InstanceSpec {
+        InstanceSpec::new(
+            InstanceKey::new("p", Isolation::Namespace, ns, "").unwrap(),
+            BTreeMap::new(),
+            None,
+        )
+        .unwrap()
+    }
+
+    struct World {
+        desired: DesiredSet,
+        catalog: Catalog,
+        observed: Observed,
+        cfg: PlanConfig,
+        t0: Instant,
+    }
+
+    impl World {
+        fn new() -> Self {
+            World {
+                desired: DesiredSet::default(),
+                catalog: Catalog::from_patterns([pattern()]),
+                observed: Observed::new(),
+                cfg: PlanConfig::default(),
+                t0: Instant::now(),
+            }
+        }
+        fn want(&mut self, ns: &str) {
+            self.desired.declare(Source::Api, spec(ns)).unwrap();
+        }
+        fn with(&mut self, ns: &str, phase: Phase) -> &mut ObservedInstance {
+            let pattern = self.catalog.get("p").unwrap().clone();
+            let mut o = ObservedInstance::new(spec(ns), pattern, Ports { grpc: 1, health: 2 });
+            o.phase = phase;
+            o.restart_now = false;
+            o.process = Some(ProcessInfo {
+                pid: 42,
+                epoch: 1,
+                started_at: self.t0,
+            });
+            self.observed.insert(format!("ns:{ns}:p"), o);
+            self.observed.get_mut(&format!("ns:{ns}:p")).unwrap()
+        }
+        fn plan_at(&self, after: Duration) -> Plan {
+            plan(
+                &self.desired,
+                &self.catalog,
+                &self.observed,
+                self.t0 + after,
+                &self.cfg,
+            )
+        }
+    }
+
+    fn id(ns: &str) -> String {
+        format!("ns:{ns}:p")
+    }
+
+    #[test]
+    fn a_desired_instance_without_a_process_is_spawned() {
+        let mut w = World::new();
+        w.want("a");
+        assert_eq!(
+            w.plan_at(Duration::ZERO).actions,
+            vec![Action::Spawn {
+                process_id: id("a"),
+                reset_breaker: false
+            }]
+        );
+    }
+
+    #[test]
+    fn nothing_is_done_when_everything_runs_as_desired() {
+        let mut w = World::new();
+        w.want("a");
+        w.with("a", Phase::Running);
+        let p = w.plan_at(Duration::from_secs(1));
+        assert!(p.actions.is_empty());
+        assert_eq!(p.wake_at, None);
+    }
+
+    #[test]
+    fn an_instance_of_an_unknown_pattern_is_not_spawned() {
+        let mut w = World::new();
+        w.catalog = Catalog::default();
+        w.want("a");
+        assert!(w.plan_at(Duration::ZERO).actions.is_empty());
+    }
+
+    #[test]
+    fn the_first_restart_after_a_crash_is_immediate_and_later_ones_back_off() {
+        let mut w = World::new();
+        w.want("a");
+        let t0 = w.t0;
+        let o = w.with("a", Phase::Exited);
+        o.consecutive_failures = 1;
+        o.exited_at = Some(t0);
+        assert_eq!(w.plan_at(Duration::ZERO).actions.len(), 1);
+
+        let o = w.observed.get_mut(&id("a")).unwrap();
+        o.consecutive_failures = 3;
+        let p = w.plan_at(Duration::from_millis(10));
+        assert!(p.actions.is_empty());
+        assert_eq!(p.wake_at, Some(w.t0 + Duration::from_millis(200)));
+        assert_eq!(w.plan_at(Duration::from_millis(200)).actions.len(), 1);
+    }
+
+    #[test]
+    fn five_consecutive_failures_break_the_circuit() {
+        let mut w = World::new();
+        w.want("a");
+        let t0 = w.t0;
+        let o = w.with("a", Phase::Exited);
+        o.consecutive_failures = 5;
+        o.exited_at = Some(t0);
+        assert_eq!(
+            w.plan_at(Duration::from_secs(60)).actions,
+            vec![Action::BreakCircuit {
+                process_id: id("a")
+            }]
+        );
+    }
+
+    #[test]
+    fn a_failed_instance_stays_down_until_its_declaration_changes() {
+        let mut w = World::new();
+        w.want("a");
+        w.with("a", Phase::Failed);
+        assert!(w.plan_at(Duration::from_secs(3600)).actions.is_empty());
+        let mut changed = spec("a");
+        changed.config.insert("X".into(), "1".into());
+        w.desired = DesiredSet::default();
+        w.desired
+            .declare(Source::File("f.yaml".into()), changed)
+            .unwrap();
+        assert_eq!(
+            w.plan_at(Duration::ZERO).actions,
+            vec![Action::Spawn {
+                process_id: id("a"),
+                reset_breaker: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_running_instance_no_longer_desired_is_stopped_gracefully_then_killed() {
+        let mut w = World::new();
+        w.with("a", Phase::Running);
+        assert_eq!(
+            w.plan_at(Duration::ZERO).actions,
+            vec![Action::Stop {
+                process_id: id("a"),
+                reason: StopReason::NotDesired,
+                grace: Duration::from_secs(10),
+                force: false
+            }]
+        );
+        let o = w.observed.get_mut(&id("a")).unwrap();
+        o.phase = Phase::Terminating;
+        o.stopping = Some(Stopping {
+            reason: StopReason::NotDesired,
+            deadline: w.t0 + Duration::from_secs(10),
+            killed: false,
+        });
+        let p = w.plan_at(Duration::from_secs(5));
+        assert!(p.actions.is_empty());
+        assert_eq!(p.wake_at, Some(w.t0 + Duration::from_secs(10)));
+        assert_eq!(
+            w.plan_at(Duration::from_secs(10)).actions,
+            vec![Action::Kill {
+                process_id: id("a")
+            }]
+        );
+    }
+
+    #[test]
+    fn a_forced_stop_kills_without_waiting() {
+        let mut w = World::new();
+        let t0 = w.t0;
+        let o = w.with("a", Phase::Terminating);
+        o.stop_request = Some(StopRequest {
+            grace: None,
+            force: true,
+        });
+        o.stopping = Some(Stopping {
+            reason: StopReason::NotDesired,
+            deadline: t0 + Duration::from_secs(10),
+            killed: false,
+        });
+        assert_eq!(
+            w.plan_at(Duration::ZERO).actions,
+            vec![Action::Kill {
+                process_id: id("a")
+            }]
+        );
+    }
+
+    #[test]
+    fn an_exited_undesired_instance_is_forgotten() {
+        let mut w = World::new();
+        w.with("a", Phase::Finished);
+        w.with("b", Phase::Failed);
+        assert_eq!(w.plan_at(Duration::ZERO).actions.len(), 2);
+        assert!(
+            w.plan_at(Duration::ZERO)
+                .actions
+                .iter()
+                .all(|a| matches!(a, Action::Forget { .. }))
+        );
+    }
+
+    #[test]
+    fn failed_liveness_probes_up_to_the_threshold_restart_the_instance() {
+        let mut w = World::new();
+        w.want("a");
+        let o = w.with("a", Phase::Running);
+        o.probe_failures = 2;
+        assert!(w.plan_at(Duration::ZERO).actions.is_empty());
+        w.observed.get_mut(&id("a")).unwrap().probe_failures = 3;
+        assert!(matches!(
+            w.plan_at(Duration::ZERO).actions[..],
+            [Action::Stop {
+                reason: StopReason::Liveness,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_start_that_takes_too_long_is_a_failure() {
+        let mut w = World::new();
+        w.want("a");
+        w.with("a", Phase::Starting);
+        let p = w.plan_at(Duration::from_secs(1));
+        assert!(p.actions.is_empty());
+        assert_eq!(p.wake_at, Some(w.t0 + Duration::from_secs(30)));
+        assert!(matches!(
+            w.plan_at(Duration::from_secs(30)).actions[..],
+            [Action::Stop {
+                reason: StopReason::StartupTimeout,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_changed_config_restarts_only_that_instance() {
+        let mut w = World::new();
+        w.want("a");
+        w.with("a", Phase::Running);
+        w.with("b", Phase::Running);
+        let mut changed = spec("b");
+        changed.config.insert("X".into(), "1".into());
+        w.desired
+            .declare(Source::File("f.yaml".into()), changed)
+            .unwrap();
+        assert_eq!(
+            w.plan_at(Duration::ZERO).actions,
+            vec![Action::Stop {
+                process_id: id("b"),
+                reason: StopReason::SpecChanged,
+                grace: Duration::from_secs(10),
+                force: false
+            }]
+        );
+    }
+
+    #[test]
+    fn staying_healthy_for_thirty_seconds_resets_the_failure_count() {
+        let mut w = World::new();
+        w.want("a");
+        let t0 = w.t0;
+        let o = w.with("a", Phase::Running);
+        o.consecutive_failures = 3;
+        o.healthy_since = Some(t0);
+        let p = w.plan_at(Duration::from_secs(29));
+        assert!(p.actions.is_empty());
+        assert_eq!(p.wake_at, Some(w.t0 + Duration::from_secs(30)));
+        assert_eq!(
+            w.plan_at(Duration::from_secs(30)).actions,
+            vec![Action::ResetFailures {
+                process_id: id("a")
+            }]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_schedule_under_paused_time_spawns_five_times_then_breaks() {
+        // Drive the planner the way the loop does, recording a crash after
+        // every spawn, with tokio's paused clock standing in for time.
+        let mut w = World::new();
+        w.want("a");
+        let mut spawns = 0;
+        let mut broke = false;
+        for _ in 0..50 {
+            let now = tokio::time::Instant::now().into_std();
+            let p = plan(&w.desired, &w.catalog, &w.observed, now, &w.cfg);
+            for a in &p.actions {
+                match a {
+                    Action::Spawn { .. } => {
+                        spawns += 1;
+                        let failures = w
+                            .observed
+                            .get(&id("a"))
+                            .map_or(0, |o| o.consecutive_failures);
+                        let o = w.with("a", Phase::Exited);
+                        o.consecutive_failures = failures + 1;
+                        o.exited_at = Some(now);
+                    }
+                    Action::BreakCircuit { .. } => {
+                        broke = true;
+                        w.observed.get_mut(&id("a")).unwrap().phase = Phase::Failed;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            match p.wake_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None if p.actions.is_empty() => break,
+                None => {}
+            }
+        }
+        assert_eq!(spawns, 5);
+        assert!(broke);
+    }
+}

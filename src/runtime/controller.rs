@@ -1,0 +1,800 @@
+//! The controller: the one owner of the desired set, the catalog and the
+//! observed table. It runs the reconcile loop:
+//!
+//! 1. apply what arrived (API commands, process events), recording facts;
+//! 2. `plan(desired, catalog, observed, now)`;
+//! 3. execute the actions (spawn, signal, forget);
+//! 4. publish a snapshot; sleep until the next event or the planner's
+//!    wake-up time (at most a second: the resync).
+//!
+//! Every decision is the planner's; this file carries them out.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::logs::{self, LogEcho};
+use super::ports::PortAllocator;
+use super::snapshot::{InstanceStatus, Snapshot};
+use super::spawn::{self, check_executable, describe_exit, signal_group};
+use super::supervise::{ProbeTarget, ProcEvent, supervise};
+use crate::catalog::Catalog;
+use crate::desired::api_store::ApiStore;
+use crate::desired::{Declared, DesiredSet, Source};
+use crate::reconcile::observed::{
+    ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest, Stopping,
+};
+use crate::reconcile::{Action, Observed, PlanConfig, plan};
+use crate::spec::{InstanceKey, InstanceSpec, Isolation};
+
+/// Lines of output quoted in an error.
+const ERROR_TAIL_LINES: usize = 5;
+/// The loop runs at least this often, whatever happens.
+const RESYNC: Duration = Duration::from_secs(1);
+/// Most commands or events applied before planning again.
+const BATCH: usize = 1024;
+
+/// A LaunchPattern as the controller receives it.
+#[derive(Debug, Clone)]
+pub struct LaunchParams {
+    /// Pattern name.
+    pub pattern: String,
+    /// Isolation level; `None` is the manifest's.
+    pub isolation: Option<Isolation>,
+    /// Namespace.
+    pub namespace: String,
+    /// Session id.
+    pub session_id: String,
+    /// Extra environment.
+    pub config: BTreeMap<String, String>,
+    /// Grace period in seconds (0 = default).
+    pub grace_period_secs: i64,
+}
+
+/// Why a command was refused; the API maps each to a gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Unknown pattern or instance.
+    #[error("{0}")]
+    NotFound(String),
+    /// Bad names, missing fields, bad config.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request conflicts with the state of things.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The launcher could not do it (e.g. persisting failed).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// An accepted declaration.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The instance.
+    pub process_id: String,
+    /// Failed starts counted before this call; a higher count later means
+    /// a start failed since.
+    pub failed_starts: u64,
+}
+
+/// Requests to the controller.
+#[derive(Debug)]
+pub enum Command {
+    /// Declare an instance through the API.
+    Launch {
+        /// The request.
+        params: LaunchParams,
+        /// The answer.
+        reply: oneshot::Sender<Result<Accepted, CommandError>>,
+    },
+    /// Remove an API declaration and stop the instance.
+    Terminate {
+        /// Instance.
+        process_id: String,
+        /// Grace period override.
+        grace: Option<Duration>,
+        /// SIGKILL at once.
+        force: bool,
+        /// The answer.
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    /// Stop every instance and end the loop.
+    Shutdown,
+}
+
+/// Settings of a controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// `--state-dir`.
+    pub state_dir: PathBuf,
+    /// `--port-range`.
+    pub port_range: std::ops::RangeInclusive<u16>,
+    /// Lifecycle tunables.
+    pub plan: PlanConfig,
+}
+
+/// Handles to talk to a running controller.
+#[derive(Clone)]
+pub struct ControllerHandle {
+    /// Commands.
+    pub commands: mpsc::Sender<Command>,
+    /// Snapshots.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Milliseconds since `started` at the last loop pass.
+    pub heartbeat: Arc<AtomicU64>,
+    /// When the controller started.
+    pub started: Instant,
+    /// The lifecycle tunables (for timeouts of waiting callers).
+    pub plan: PlanConfig,
+}
+
+impl ControllerHandle {
+    /// How long ago the loop last ran.
+    pub fn loop_age(&self) -> Duration {
+        let beat = Duration::from_millis(self.heartbeat.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(beat)
+    }
+}
+
+/// The reconcile loop and everything it owns.
+pub struct Controller {
+    cfg: ControllerConfig,
+    catalog: Catalog,
+    desired: DesiredSet,
+    api_store: ApiStore,
+    observed: Observed,
+    ports: PortAllocator,
+    logs_dir: PathBuf,
+    echo: LogEcho,
+    client: reqwest::Client,
+    commands: mpsc::Receiver<Command>,
+    events_tx: mpsc::UnboundedSender<ProcEvent>,
+    events: mpsc::UnboundedReceiver<ProcEvent>,
+    snapshot_tx: watch::Sender<Arc<Snapshot>>,
+    statuses: BTreeMap<String, Arc<InstanceStatus>>,
+    dirty: BTreeSet<String>,
+    log_offsets: HashMap<String, u64>,
+    heartbeat: Arc<AtomicU64>,
+    started: Instant,
+    next_epoch: u64,
+    shutting_down: bool,
+}
+
+/// A controller could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The state directory cannot be created.
+    #[error("cannot create {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The persisted API declarations cannot be read.
+    #[error("cannot load API declarations: {0}")]
+    Store(#[from] crate::desired::api_store::StoreError),
+    /// The HTTP client for probes cannot be built.
+    #[error("cannot build the probe client: {0}")]
+    Client(String),
+}
+
+impl Controller {
+    /// Sets up a controller with a catalog; loads the API declarations.
+    pub fn new(
+        cfg: ControllerConfig,
+        catalog: Catalog,
+    ) -> Result<(Controller, ControllerHandle), SetupError> {
+        let logs_dir = cfg.state_dir.join("logs");
+        std::fs::create_dir_all(&logs_dir).map_err(|source| SetupError::StateDir {
+            path: logs_dir.clone(),
+            source,
+        })?;
+        let api_store = ApiStore::new(&cfg.state_dir);
+        let mut desired = DesiredSet::default();
+        for spec in api_store.load()? {
+            let id = spec.key.process_id();
+            if let Err(e) = desired.declare(Source::Api, spec) {
+                tracing::warn!("ignoring stored declaration of {id}: {e}");
+            }
+        }
+        if !desired.is_empty() {
+            tracing::info!("restored {} API-declared instances", desired.len());
+        }
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| SetupError::Client(e.to_string()))?;
+        let (cmd_tx, commands) = mpsc::channel(4096);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let heartbeat = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let handle = ControllerHandle {
+            commands: cmd_tx,
+            snapshots,
+            heartbeat: heartbeat.clone(),
+            started,
+            plan: cfg.plan,
+        };
+        let echo = LogEcho::start(&logs_dir);
+        let ports = PortAllocator::new(cfg.port_range.clone(), super::ports::os_bindable);
+        let c = Controller {
+            cfg,
+            catalog,
+            desired,
+            api_store,
+            observed: Observed::new(),
+            ports,
+            logs_dir,
+            echo,
+            client,
+            commands,
+            events_tx,
+            events,
+            snapshot_tx,
+            statuses: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            log_offsets: HashMap::new(),
+            heartbeat,
+            started,
+            next_epoch: 1,
+            shutting_down: false,
+        };
+        Ok((c, handle))
+    }
+
+    /// Runs the loop until a [`Command::Shutdown`] has stopped every
+    /// instance (or every command sender is gone).
+    pub async fn run(mut self) {
+        let empty = DesiredSet::default();
+        let mut passes_in_a_row = 0u32;
+        loop {
+            let now = Instant::now();
+            self.heartbeat.store(
+                u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            let desired = if self.shutting_down {
+                &empty
+            } else {
+                &self.desired
+            };
+            let p = plan(desired, &self.catalog, &self.observed, now, &self.cfg.plan);
+            let acted = !p.actions.is_empty();
+            for action in p.actions {
+                self.execute(action, now);
+            }
+            self.publish();
+            if self.shutting_down && self.observed.is_empty() {
+                return;
+            }
+            // Actions change the state: plan again at once, but never spin.
+            passes_in_a_row = if acted { passes_in_a_row + 1 } else { 0 };
+            if acted && passes_in_a_row < 8 {
+                continue;
+            }
+            let wake = p.wake_at.map_or(now + RESYNC, |w| w.min(now + RESYNC));
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => self.shutting_down = true,
+                },
+                Some(ev) = self.events.recv() => self.event(ev),
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+            for _ in 0..BATCH {
+                match self.commands.try_recv() {
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..BATCH {
+                match self.events.try_recv() {
+                    Ok(ev) => self.event(ev),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn touch(&mut self, id: &str) {
+        if !self.dirty.contains(id) {
+            self.dirty.insert(id.to_string());
+        }
+    }
+
+    fn publish(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.dirty) {
+            match self.observed.get(&id) {
+                Some(o) => {
+                    let source = self
+                        .desired
+                        .get(&id)
+                        .map(|d| d.sources_text())
+                        .unwrap_or_default();
+                    self.statuses
+                        .insert(id.clone(), Arc::new(InstanceStatus::of(&id, o, source)));
+                }
+                None => {
+                    self.statuses.remove(&id);
+                }
+            }
+        }
+        self.snapshot_tx.send_replace(Arc::new(Snapshot {
+            instances: self.statuses.clone(),
+        }));
+    }
+
+    // ----- commands ---------------------------------------------------
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Launch { params, reply } => {
+                let r = self.launch(params);
+                let _ = reply.send(r);
+            }
+            Command::Terminate {
+                process_id,
+                grace,
+                force,
+                reply,
+            } => {
+                let r = self.terminate(&process_id, grace, force);
+                let _ = reply.send(r);
+            }
+            Command::Shutdown => {
+                tracing::info!("shutting down: stopping {} instances", self.observed.len());
+                self.shutting_down = true;
+            }
+        }
+    }
+
+    fn launch(&mut self, p: LaunchParams) -> Result<Accepted, CommandError> {
+        if self.shutting_down {
+            return Err(CommandError::Unavailable(
+                "the launcher is shutting down".into(),
+            ));
+        }
+        let Some(pattern) = self.catalog.get(&p.pattern).cloned() else {
+            return Err(CommandError::NotFound(format!(
+                "pattern {:?} not found (known: {})",
+                p.pattern,
+                self.catalog
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let invalid = |e: crate::spec::SpecError| CommandError::InvalidArgument(e.to_string());
+        let isolation = p.isolation.unwrap_or(pattern.isolation);
+        let key = InstanceKey::new(&p.pattern, isolation, &p.namespace, &p.session_id)
+            .map_err(invalid)?;
+        let grace = crate::spec::grace_from_secs(p.grace_period_secs).map_err(invalid)?;
+        let spec = InstanceSpec::new(key, p.config, grace).map_err(invalid)?;
+        check_executable(&pattern.executable)
+            .map_err(|e| CommandError::FailedPrecondition(format!("cannot execute {e}")))?;
+        let id = spec.key.process_id();
+        let previous = self
+            .desired
+            .get(&id)
+            .and_then(|d| d.spec_of(&Source::Api))
+            .cloned();
+        let declared = self
+            .desired
+            .declare(Source::Api, spec)
+            .map_err(|e| CommandError::FailedPrecondition(e.to_string()))?;
+        if declared != Declared::Unchanged
+            && let Err(e) = self.persist_api()
+        {
+            self.restore_api(&id, previous);
+            return Err(CommandError::Unavailable(e));
+        }
+        self.touch(&id);
+        let mut failed_starts = 0;
+        if let Some(o) = self.observed.get_mut(&id) {
+            failed_starts = o.failed_starts;
+            if o.phase == Phase::Failed {
+                // Launching a circuit-broken instance closes the circuit.
+                tracing::info!("{id}: launched again, circuit closed");
+                o.phase = Phase::Exited;
+                o.consecutive_failures = 0;
+                o.restart_now = true;
+            }
+        }
+        Ok(Accepted {
+            process_id: id,
+            failed_starts,
+        })
+    }
+
+    fn terminate(
+        &mut self,
+        id: &str,
+        grace: Option<Duration>,
+        force: bool,
+    ) -> Result<(), CommandError> {
+        let files = |d: &crate::desired::DesiredInstance| {
+            d.sources()
+                .filter(|s| **s != Source::Api)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(d) = self.desired.get(id) {
+            if !d.declared_by(&Source::Api) {
+                return Err(CommandError::FailedPrecondition(format!(
+                    "{id} is declared by {}: remove it there",
+                    files(d)
+                )));
+            }
+            let previous = d.spec_of(&Source::Api).cloned();
+            self.desired.withdraw(&Source::Api, id);
+            if let Err(e) = self.persist_api() {
+                self.restore_api(id, previous);
+                return Err(CommandError::Unavailable(e));
+            }
+            if let Some(d) = self.desired.get(id) {
+                let msg = format!(
+                    "the API declaration of {id} is removed, but {} still declares it",
+                    files(d)
+                );
+                self.touch(id);
+                return Err(CommandError::FailedPrecondition(msg));
+            }
+        } else if !self.observed.contains_key(id) {
+            return Err(CommandError::NotFound(format!("no instance {id:?}")));
+        }
+        if let Some(o) = self.observed.get_mut(id) {
+            o.stop_request = Some(StopRequest { grace, force });
+        }
+        self.touch(id);
+        Ok(())
+    }
+
+    /// Puts the API's declaration of `id` back as it was before a change
+    /// that could not be persisted.
+    fn restore_api(&mut self, id: &str, previous: Option<InstanceSpec>) {
+        self.desired.withdraw(&Source::Api, id);
+        if let Some(spec) = previous {
+            // It was declared before, so it agrees with the other sources.
+            let _ = self.desired.declare(Source::Api, spec);
+        }
+    }
+
+    fn persist_api(&self) -> Result<(), String> {
+        self.api_store
+            .save(&self.desired.declared_by(&Source::Api))
+            .map_err(|e| {
+                tracing::error!("cannot persist API declarations: {e}");
+                format!("cannot persist the declaration: {e}")
+            })
+    }
+
+    // ----- events -----------------------------------------------------
+
+    fn current<'a>(
+        observed: &'a mut Observed,
+        id: &str,
+        epoch: u64,
+    ) -> Option<&'a mut ObservedInstance> {
+        observed
+            .get_mut(id)
+            .filter(|o| o.process.is_some_and(|p| p.epoch == epoch))
+    }
+
+    fn event(&mut self, ev: ProcEvent) {
+        let now = Instant::now();
+        match ev {
+            ProcEvent::Probe {
+                process_id,
+                epoch,
+                ok,
+                detail,
+            } => {
+                let Some(o) = Self::current(&mut self.observed, &process_id, epoch) else {
+                    return;
+                };
+                match (o.phase, ok) {
+                    (Phase::Starting, true) => {
+                        o.phase = Phase::Running;
+                        o.healthy_since = Some(now);
+                        o.probe_failures = 0;
+                        tracing::info!("{process_id}: healthy");
+                    }
+                    (Phase::Running, true) => {
+                        o.probe_failures = 0;
+                        o.healthy_since = Some(now);
+                    }
+                    (Phase::Running, false) => {
+                        o.probe_failures += 1;
+                        o.healthy_since = None;
+                        tracing::warn!(
+                            "{process_id}: health check failed ({}/{}): {detail}",
+                            o.probe_failures,
+                            o.pattern.health.failure_threshold
+                        );
+                        o.last_error = Some(format!("health check failed: {detail}"));
+                    }
+                    _ => return,
+                }
+                self.touch(&process_id);
+            }
+            ProcEvent::Exited {
+                process_id,
+                epoch,
+                status,
+            } => self.exited(&process_id, epoch, status, now),
+        }
+    }
+
+    fn exited(
+        &mut self,
+        id: &str,
+        epoch: u64,
+        status: std::io::Result<std::process::ExitStatus>,
+        now: Instant,
+    ) {
+        let log = logs::log_path(&self.logs_dir, id);
+        let offset = self.log_offsets.get(id).copied().unwrap_or(0);
+        let Some(o) = Self::current(&mut self.observed, id, epoch) else {
+            return;
+        };
+        let Some(proc_info) = o.process.take() else {
+            return;
+        };
+        // Whatever the group leader left behind in its group goes with it.
+        if let Err(e) = signal_group(proc_info.pid, Signal::SIGKILL) {
+            tracing::warn!("{id}: cannot kill process group {}: {e}", proc_info.pid);
+        }
+        let how = match status {
+            Ok(s) => describe_exit(s),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        let stopping = o.stopping.take();
+        o.healthy_since = None;
+        o.probe_failures = 0;
+        o.exited_at = Some(now);
+        o.restart_jitter = rand::random::<f64>();
+        o.restart_now = false;
+        let was = o.phase;
+        match (was, stopping.map(|s| s.reason)) {
+            (Phase::Terminating, Some(StopReason::NotDesired)) => {
+                tracing::info!("{id}: stopped ({how})");
+                o.phase = Phase::Finished;
+                o.stop_request = None;
+            }
+            (Phase::Terminating, Some(StopReason::SpecChanged)) => {
+                tracing::info!("{id}: stopped for a restart with a new spec ({how})");
+                o.phase = Phase::Exited;
+                o.restart_now = true;
+            }
+            (Phase::Terminating, Some(reason)) => {
+                tracing::info!("{id}: stopped after a failure ({how})");
+                if reason == StopReason::StartupTimeout {
+                    o.failed_starts += 1;
+                }
+                o.phase = Phase::Exited;
+            }
+            _ => {
+                let tail = logs::tail(&log, offset, ERROR_TAIL_LINES);
+                let mut msg = how.clone();
+                if !tail.is_empty() {
+                    msg.push_str("; last output: ");
+                    msg.push_str(&tail.join(" | "));
+                }
+                o.consecutive_failures += 1;
+                if was == Phase::Starting {
+                    o.failed_starts += 1;
+                }
+                tracing::warn!(
+                    "{id}: pid {} {} (failure {} in a row)",
+                    proc_info.pid,
+                    msg,
+                    o.consecutive_failures
+                );
+                o.last_error = Some(msg);
+                o.phase = Phase::Exited;
+            }
+        }
+        self.touch(id);
+    }
+
+    // ----- actions ----------------------------------------------------
+
+    fn execute(&mut self, action: Action, now: Instant) {
+        match action {
+            Action::Spawn {
+                process_id,
+                reset_breaker,
+            } => self.spawn(&process_id, reset_breaker, now),
+            Action::Stop {
+                process_id,
+                reason,
+                grace,
+                force,
+            } => self.stop(&process_id, reason, grace, force, now),
+            Action::Kill { process_id } => {
+                if let Some(o) = self.observed.get_mut(&process_id) {
+                    if let Some(s) = o.stopping.as_mut() {
+                        s.killed = true;
+                    }
+                    if let Some(p) = o.process {
+                        tracing::warn!("{process_id}: grace period over, sending SIGKILL");
+                        if let Err(e) = signal_group(p.pid, Signal::SIGKILL) {
+                            tracing::error!("{process_id}: SIGKILL failed: {e}");
+                        }
+                    }
+                    self.touch(&process_id);
+                }
+            }
+            Action::BreakCircuit { process_id } => {
+                if let Some(o) = self.observed.get_mut(&process_id) {
+                    let last = o.last_error.clone().unwrap_or_default();
+                    let msg = format!(
+                        "circuit open after {} consecutive failures; last: {last}",
+                        o.consecutive_failures
+                    );
+                    tracing::error!("{process_id}: {msg}");
+                    o.last_error = Some(msg);
+                    o.phase = Phase::Failed;
+                    self.touch(&process_id);
+                }
+            }
+            Action::ResetFailures { process_id } => {
+                if let Some(o) = self.observed.get_mut(&process_id) {
+                    o.consecutive_failures = 0;
+                    self.touch(&process_id);
+                }
+            }
+            Action::Forget { process_id } => {
+                if let Some(o) = self.observed.remove(&process_id) {
+                    self.ports.release(o.ports);
+                    self.echo
+                        .untrack(logs::log_path(&self.logs_dir, &process_id));
+                    self.log_offsets.remove(&process_id);
+                    self.touch(&process_id);
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self, id: &str, reason: StopReason, grace: Duration, force: bool, now: Instant) {
+        let Some(o) = self.observed.get_mut(id) else {
+            return;
+        };
+        let Some(p) = o.process else {
+            return;
+        };
+        if reason.is_failure() {
+            o.consecutive_failures += 1;
+            let why = match reason {
+                StopReason::StartupTimeout => format!(
+                    "not healthy within the start-up timeout of {:?}",
+                    o.pattern
+                        .health
+                        .startup_timeout
+                        .unwrap_or(self.cfg.plan.startup_timeout)
+                ),
+                _ => o
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "health check failed".into()),
+            };
+            let msg = format!("{why}; restarting");
+            tracing::warn!("{id}: {msg}");
+            o.last_error = Some(msg);
+        }
+        let sig = if force {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        tracing::info!("{id}: stopping pid {} with {sig} (grace {grace:?})", p.pid);
+        if let Err(e) = signal_group(p.pid, sig) {
+            tracing::error!("{id}: cannot signal process group {}: {e}", p.pid);
+        }
+        o.phase = Phase::Terminating;
+        o.stopping = Some(Stopping {
+            reason,
+            deadline: now + grace,
+            killed: force,
+        });
+        self.touch(id);
+    }
+
+    fn spawn(&mut self, id: &str, reset_breaker: bool, now: Instant) {
+        let Some(d) = self.desired.get(id) else {
+            return;
+        };
+        let spec = d.spec().clone();
+        let Some(pattern) = self.catalog.get(&spec.key.pattern).cloned() else {
+            return;
+        };
+        if !self.observed.contains_key(id) {
+            let ports = match self.ports.assign(pattern.health.port) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!("{id}: cannot start: {e}");
+                    return;
+                }
+            };
+            self.observed.insert(
+                id.to_string(),
+                ObservedInstance::new(spec.clone(), pattern.clone(), ports),
+            );
+        }
+        let log = logs::log_path(&self.logs_dir, id);
+        let offset = logs::log_len(&log);
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let Some(o) = self.observed.get_mut(id) else {
+            return;
+        };
+        if reset_breaker {
+            o.consecutive_failures = 0;
+        }
+        if o.exited_at.is_some() {
+            o.restart_count += 1;
+        }
+        o.spec = spec;
+        o.pattern = pattern.clone();
+        o.restart_now = false;
+        o.stopping = None;
+        o.probe_failures = 0;
+        o.healthy_since = None;
+        match spawn::spawn(id, &o.spec, &pattern, o.ports, &log) {
+            Ok(child) => {
+                let pid = child.id().unwrap_or(0);
+                tracing::info!(
+                    "{id}: started pid {pid} (grpc port {}, health port {})",
+                    o.ports.grpc,
+                    o.ports.health
+                );
+                o.phase = Phase::Starting;
+                o.process = Some(ProcessInfo {
+                    pid,
+                    epoch,
+                    started_at: now,
+                });
+                let target = ProbeTarget {
+                    url: format!("http://127.0.0.1:{}{}", o.ports.health, pattern.health.path),
+                    interval: pattern.health.interval,
+                    timeout: pattern.health.timeout,
+                };
+                let pid_key: Arc<str> = Arc::from(id);
+                self.log_offsets.insert(id.to_string(), offset);
+                self.echo.track(log, pid_key.clone());
+                tokio::spawn(supervise(
+                    child,
+                    pid_key,
+                    epoch,
+                    target,
+                    self.client.clone(),
+                    self.events_tx.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!("{id}: {e}");
+                o.consecutive_failures += 1;
+                o.failed_starts += 1;
+                o.last_error = Some(e.to_string());
+                o.phase = Phase::Exited;
+                o.exited_at = Some(now);
+                o.restart_jitter = rand::random::<f64>();
+            }
+        }
+        self.touch(id);
+    }
+}

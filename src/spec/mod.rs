@@ -1,0 +1,343 @@
+//! Pure domain types: isolation levels, instance identity (`process_id`),
+//! instance specs and the validation rules of names and config.
+//!
+//! Owns no I/O: everything here is plain values and is unit-tested as such.
+
+pub mod manifest;
+pub mod quantity;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How many processes serve a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// One process shared by everybody.
+    None,
+    /// One process per namespace.
+    Namespace,
+    /// One process per session within a namespace.
+    Session,
+}
+
+impl Isolation {
+    /// The key used in `HealthResponse.isolation_distribution`.
+    pub fn distribution_key(self) -> &'static str {
+        match self {
+            Isolation::None => "None",
+            Isolation::Namespace => "Namespace",
+            Isolation::Session => "Session",
+        }
+    }
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolation::None => "none",
+            Isolation::Namespace => "namespace",
+            Isolation::Session => "session",
+        })
+    }
+}
+
+/// Environment variables the launcher sets itself; config may not override them.
+pub const RESERVED_ENV: [&str; 8] = [
+    "PATTERN_NAME",
+    "PATTERN_VERSION",
+    "PROCESS_ID",
+    "NAMESPACE",
+    "SESSION_ID",
+    "ISOLATION",
+    "HEALTH_PORT",
+    "GRPC_PORT",
+];
+
+/// Namespace used for SESSION instances when none is given.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A rule an instance declaration broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// `namespace` is required for this isolation level.
+    #[error("namespace is required for isolation level {0}")]
+    MissingNamespace(Isolation),
+    /// `session_id` is required for SESSION isolation.
+    #[error("session_id is required for isolation level session")]
+    MissingSession,
+    /// A namespace or session id that does not match the allowed form.
+    #[error("invalid {field} {value:?}: must match [A-Za-z0-9][A-Za-z0-9._-]{{0,62}}")]
+    BadName {
+        /// `namespace` or `session_id`.
+        field: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// A config key that is not an environment variable name.
+    #[error("invalid config key {0:?}: must match [A-Z_][A-Z0-9_]*")]
+    BadConfigKey(String),
+    /// A config key that would override a variable the launcher sets.
+    #[error("config key {0:?} is reserved: the launcher sets it")]
+    ReservedConfigKey(String),
+    /// A config value with a NUL byte cannot be passed to a process.
+    #[error("config value of {0:?} contains a NUL byte")]
+    BadConfigValue(String),
+    /// A negative grace period.
+    #[error("grace period must not be negative, got {0}")]
+    NegativeGrace(i64),
+}
+
+/// True when `s` is a valid namespace or session id.
+pub fn is_valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// True when `s` is a valid pattern name (DNS label).
+pub fn is_valid_pattern_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 63
+        && ok(&b[0])
+        && ok(&b[b.len() - 1])
+        && b.iter().all(|c| ok(c) || *c == b'-')
+}
+
+/// True when `s` is a valid environment variable name for config.
+pub fn is_valid_env_key(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_uppercase() || b[0] == b'_')
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+/// Checks config keys and values (instance config and manifest environment).
+pub fn validate_config(config: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    for (k, v) in config {
+        if !is_valid_env_key(k) {
+            return Err(SpecError::BadConfigKey(k.clone()));
+        }
+        if RESERVED_ENV.contains(&k.as_str()) {
+            return Err(SpecError::ReservedConfigKey(k.clone()));
+        }
+        if v.contains('\0') {
+            return Err(SpecError::BadConfigValue(k.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The identity of an instance: which process serves whom.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstanceKey {
+    /// Pattern name.
+    pub pattern: String,
+    /// Resolved isolation level (never "unspecified").
+    pub isolation: Isolation,
+    /// Namespace; empty for NONE.
+    pub namespace: String,
+    /// Session id; empty unless SESSION.
+    pub session_id: String,
+}
+
+impl InstanceKey {
+    /// Builds a key from a request, applying the rules of SPEC §4: the
+    /// namespace/session fields that the isolation level does not use are
+    /// dropped, the ones it needs are required and checked.
+    pub fn new(
+        pattern: &str,
+        isolation: Isolation,
+        namespace: &str,
+        session_id: &str,
+    ) -> Result<Self, SpecError> {
+        let (namespace, session_id) = match isolation {
+            Isolation::None => (String::new(), String::new()),
+            Isolation::Namespace => {
+                if namespace.is_empty() {
+                    return Err(SpecError::MissingNamespace(isolation));
+                }
+                check_name("namespace", namespace)?;
+                (namespace.to_string(), String::new())
+            }
+            Isolation::Session => {
+                if session_id.is_empty() {
+                    return Err(SpecError::MissingSession);
+                }
+                let ns = if namespace.is_empty() {
+                    DEFAULT_NAMESPACE
+                } else {
+                    namespace
+                };
+                check_name("namespace", ns)?;
+                check_name("session_id", session_id)?;
+                (ns.to_string(), session_id.to_string())
+            }
+        };
+        Ok(InstanceKey {
+            pattern: pattern.to_string(),
+            isolation,
+            namespace,
+            session_id,
+        })
+    }
+
+    /// The `process_id` of SPEC §4.
+    pub fn process_id(&self) -> String {
+        match self.isolation {
+            Isolation::None => format!("shared:{}", self.pattern),
+            Isolation::Namespace => format!("ns:{}:{}", self.namespace, self.pattern),
+            Isolation::Session => format!(
+                "session:{}:{}:{}",
+                self.namespace, self.session_id, self.pattern
+            ),
+        }
+    }
+}
+
+fn check_name(field: &'static str, value: &str) -> Result<(), SpecError> {
+    if is_valid_name(value) {
+        Ok(())
+    } else {
+        Err(SpecError::BadName {
+            field,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// What one declaration asks for: the identity plus what the process gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// Identity.
+    pub key: InstanceKey,
+    /// Extra environment.
+    pub config: BTreeMap<String, String>,
+    /// Grace period for graceful stops; `None` is the launcher default.
+    #[serde(with = "opt_secs", default)]
+    pub grace_period: Option<Duration>,
+}
+
+impl InstanceSpec {
+    /// Builds and validates a spec.
+    pub fn new(
+        key: InstanceKey,
+        config: BTreeMap<String, String>,
+        grace_period: Option<Duration>,
+    ) -> Result<Self, SpecError> {
+        validate_config(&config)?;
+        Ok(InstanceSpec {
+            key,
+            config,
+            grace_period,
+        })
+    }
+
+    /// Two declarations of one process_id agree when they ask for the same
+    /// process (same config); the grace period is a stop setting, not part
+    /// of what runs.
+    pub fn agrees_with(&self, other: &InstanceSpec) -> bool {
+        self.key == other.key && self.config == other.config
+    }
+}
+
+/// Converts a wire grace period (seconds, 0 = default) into a duration.
+pub fn grace_from_secs(secs: i64) -> Result<Option<Duration>, SpecError> {
+    match secs {
+        0 => Ok(None),
+        s if s < 0 => Err(SpecError::NegativeGrace(s)),
+        s => Ok(Some(Duration::from_secs(s.unsigned_abs()))),
+    }
+}
+
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let v: Option<f64> = Option::deserialize(d)?;
+        Ok(v.filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_ids_follow_the_isolation_level() {
+        let k = InstanceKey::new("p", Isolation::None, "ignored", "ignored").unwrap();
+        assert_eq!(k.process_id(), "shared:p");
+        let k = InstanceKey::new("p", Isolation::Namespace, "tenant-a", "").unwrap();
+        assert_eq!(k.process_id(), "ns:tenant-a:p");
+        let k = InstanceKey::new("p", Isolation::Session, "", "user-1").unwrap();
+        assert_eq!(k.process_id(), "session:default:user-1:p");
+    }
+
+    #[test]
+    fn missing_or_bad_names_are_refused() {
+        assert_eq!(
+            InstanceKey::new("p", Isolation::Namespace, "", ""),
+            Err(SpecError::MissingNamespace(Isolation::Namespace))
+        );
+        assert!(matches!(
+            InstanceKey::new("p", Isolation::Namespace, "../x", ""),
+            Err(SpecError::BadName { .. })
+        ));
+        assert_eq!(
+            InstanceKey::new("p", Isolation::Session, "a", ""),
+            Err(SpecError::MissingSession)
+        );
+        assert!(is_valid_name("a.b_c-D9"));
+        assert!(!is_valid_name("-a"));
+        assert!(!is_valid_name(&"a".repeat(64)));
+        assert!(is_valid_name(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn config_keys_must_be_env_names_and_not_reserved() {
+        let mut c = BTreeMap::new();
+        c.insert("LOG_LEVEL".to_string(), "debug".to_string());
+        assert!(validate_config(&c).is_ok());
+        c.insert("HEALTH_PORT".to_string(), "1".to_string());
+        assert_eq!(
+            validate_config(&c),
+            Err(SpecError::ReservedConfigKey("HEALTH_PORT".into()))
+        );
+        let mut c = BTreeMap::new();
+        c.insert("lower".to_string(), "x".to_string());
+        assert_eq!(
+            validate_config(&c),
+            Err(SpecError::BadConfigKey("lower".into()))
+        );
+    }
+
+    #[test]
+    fn pattern_names_are_dns_labels() {
+        assert!(is_valid_pattern_name("hello-pattern"));
+        assert!(!is_valid_pattern_name("Hello"));
+        assert!(!is_valid_pattern_name("a-"));
+        assert!(!is_valid_pattern_name(""));
+    }
+}

@@ -1,0 +1,158 @@
+//! Reading YAML input safely: size limit, alias/expansion budgets, and
+//! errors that name the file, the line and the key.
+//!
+//! Reads files but keeps no state; callers decide what an error means.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+/// Largest file the launcher reads (SPEC §9).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A YAML input that could not be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct YamlError {
+    /// The file, as the user knows it (e.g. `desired/a.yaml`).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<u64>,
+    /// What is wrong, naming the key where one is at fault.
+    pub message: String,
+}
+
+impl YamlError {
+    /// An error about a whole file (no line).
+    pub fn file(file: &str, message: impl Into<String>) -> Self {
+        YamlError {
+            file: file.to_string(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8.
+pub fn read_limited(path: &Path, display: &str) -> Result<String, YamlError> {
+    let f = std::fs::File::open(path).map_err(|e| YamlError::file(display, e.to_string()))?;
+    let mut buf = Vec::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| YamlError::file(display, e.to_string()))?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(YamlError::file(
+            display,
+            format!("file is larger than the limit of {MAX_FILE_BYTES} bytes"),
+        ));
+    }
+    String::from_utf8(buf).map_err(|e| YamlError::file(display, format!("not UTF-8: {e}")))
+}
+
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_events = 200_000;
+    budget.max_depth = 64;
+    budget.max_recorded_anchor_events = 50_000;
+    let mut o = serde_saphyr::Options::default();
+    o.budget = Some(budget);
+    o
+}
+
+/// Parses one document.
+pub fn parse_one<T: DeserializeOwned>(text: &str, display: &str) -> Result<T, YamlError> {
+    serde_saphyr::from_str_with_options(text, options()).map_err(|e| convert(&e, text, display))
+}
+
+/// Parses a multi-document stream (empty documents are skipped).
+pub fn parse_many<T: DeserializeOwned>(text: &str, display: &str) -> Result<Vec<T>, YamlError> {
+    serde_saphyr::from_multiple_with_options(text, options())
+        .map_err(|e| convert(&e, text, display))
+}
+
+/// Turns a parser error into a [`YamlError`]: the line, and the message with
+/// the key at that line where the parser's own message does not name one.
+fn convert(e: &serde_saphyr::Error, text: &str, display: &str) -> YamlError {
+    let line = e.location().map(|l| l.line()).filter(|l| *l > 0);
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or_default();
+    // The parser prefixes "error: line L column C: "; the line is ours to show.
+    let message = match first.find(": ") {
+        Some(i) if first.starts_with("error: line") => first[i + 2..].to_string(),
+        _ => first.trim_start_matches("error: ").to_string(),
+    };
+    let key = line.and_then(|l| key_at_line(text, l));
+    let message = match key {
+        Some(k) if !message.contains(&format!("`{k}`")) => format!("key `{k}`: {message}"),
+        _ => message,
+    };
+    YamlError {
+        file: display.to_string(),
+        line,
+        message,
+    }
+}
+
+/// The mapping key written on a line (`  port: 90000` gives `port`).
+fn key_at_line(text: &str, line: u64) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let l = l.trim_start().trim_start_matches("- ");
+    let (k, _) = l.split_once(':')?;
+    let k = k.trim().trim_matches(|c| c == '"' || c == '\'');
+    (!k.is_empty() && !k.contains(' ') && !k.starts_with('#')).then(|| k.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // fields exist to be parsed
+    struct Doc {
+        name: String,
+        port: Option<u16>,
+    }
+
+    #[test]
+    fn a_wrong_type_names_line_and_key() {
+        let e = parse_one::<Doc>("name: a\nport: 90000\n", "x.yaml").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("port"), "{e}");
+        assert!(e.to_string().starts_with("x.yaml:2: "), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let e = parse_one::<Doc>("name: a\nbogus: 1\n", "x.yaml").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut y = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            y.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let r = parse_one::<std::collections::BTreeMap<String, serde_json::Value>>(&y, "bomb.yaml");
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn multi_document_streams_parse_and_skip_empty_documents() {
+        let v: Vec<Doc> = parse_many("name: a\n---\nname: b\n", "m.yaml").unwrap();
+        assert_eq!(v.len(), 2);
+        let v: Vec<Doc> = parse_many("# nothing\n", "m.yaml").unwrap();
+        assert!(v.is_empty());
+    }
+}
