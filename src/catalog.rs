@@ -1,9 +1,14 @@
 //! The catalog: the patterns found in `--patterns-dir`, one sub-directory
-//! each with a `manifest.yaml`.
+//! each with a `manifest.yaml`, reloaded while the launcher runs.
 //!
-//! Reads manifests; decides nothing about instances.
+//! Reads manifests and hashes executables; decides nothing about
+//! instances. A manifest that becomes invalid keeps its last good version
+//! in the catalog.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hasher;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,12 +17,6 @@ use crate::spec::yaml::{YamlError, read_limited};
 
 /// Name of the manifest file inside a pattern directory.
 pub const MANIFEST_FILE: &str = "manifest.yaml";
-
-/// Known, valid patterns by name.
-#[derive(Debug, Clone, Default)]
-pub struct Catalog {
-    patterns: BTreeMap<String, Arc<Pattern>>,
-}
 
 /// What a discovery pass found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,9 +29,15 @@ pub enum DiscoveryError {
         /// The OS error.
         reason: String,
     },
-    /// A manifest that is invalid; it is skipped.
-    #[error("invalid manifest {0}")]
-    Invalid(YamlError),
+    /// A manifest that is invalid; it is skipped (or its last good version
+    /// stays).
+    #[error("invalid manifest {error}{}", if *.kept { " (its last good version stays in force)" } else { "" })]
+    Invalid {
+        /// What is wrong, where.
+        error: YamlError,
+        /// A previous valid version is kept.
+        kept: bool,
+    },
     /// Two manifests with one name: the first discovered stays.
     #[error("duplicate pattern name {name:?}: {kept} is used, {ignored} is ignored")]
     Duplicate {
@@ -45,6 +50,33 @@ pub enum DiscoveryError {
     },
 }
 
+/// The state of one manifest file, for ListSources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestStatus {
+    /// The manifest's path as shown to users.
+    pub path: String,
+    /// The pattern it defines (or defined, when now invalid and kept).
+    pub pattern: Option<String>,
+    /// Why its current content is refused.
+    pub error: Option<YamlError>,
+}
+
+/// Size and modification time of an executable, and its content hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ExeStamp {
+    len: u64,
+    mtime_ns: i128,
+    hash: u64,
+}
+
+/// Known, valid patterns by name.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    patterns: BTreeMap<String, Arc<Pattern>>,
+    manifests: Vec<ManifestStatus>,
+    stamps: HashMap<PathBuf, ExeStamp>,
+}
+
 impl Catalog {
     /// Builds a catalog from patterns directly (tests, embedding).
     pub fn from_patterns(patterns: impl IntoIterator<Item = Pattern>) -> Self {
@@ -53,12 +85,20 @@ impl Catalog {
                 .into_iter()
                 .map(|p| (p.name.clone(), Arc::new(p)))
                 .collect(),
+            ..Catalog::default()
         }
     }
 
     /// Scans `dir`: every sub-directory with a manifest. Directories are
     /// visited in name order, so "first discovered" is deterministic.
     pub fn discover(dir: &Path) -> (Catalog, Vec<DiscoveryError>) {
+        Catalog::default().reload(dir)
+    }
+
+    /// Scans `dir` again. A manifest that is now invalid keeps the version
+    /// this catalog has of it; executables whose size and mtime did not
+    /// change are not hashed again.
+    pub fn reload(&self, dir: &Path) -> (Catalog, Vec<DiscoveryError>) {
         let mut errors = Vec::new();
         let mut subdirs: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
@@ -75,7 +115,7 @@ impl Catalog {
             }
         };
         subdirs.sort();
-        let mut patterns: BTreeMap<String, Arc<Pattern>> = BTreeMap::new();
+        let mut next = Catalog::default();
         let mut origin: BTreeMap<String, String> = BTreeMap::new();
         for sub in subdirs {
             let file = sub.join(MANIFEST_FILE);
@@ -85,23 +125,80 @@ impl Catalog {
             let display = file.display().to_string();
             let parsed = read_limited(&file, &display)
                 .and_then(|text| parse_manifest(&text, &display, &sub));
-            match parsed {
-                Ok(p) => {
-                    if let Some(kept) = origin.get(&p.name) {
-                        errors.push(DiscoveryError::Duplicate {
-                            name: p.name.clone(),
-                            kept: kept.clone(),
-                            ignored: display,
-                        });
-                        continue;
-                    }
-                    origin.insert(p.name.clone(), display);
-                    patterns.insert(p.name.clone(), Arc::new(p));
+            let (pattern, error) = match parsed {
+                Ok(mut p) => {
+                    p.exe_hash = self.hash_executable(&p.executable, &mut next.stamps);
+                    (Some(Arc::new(p)), None)
                 }
-                Err(e) => errors.push(DiscoveryError::Invalid(e)),
+                Err(e) => {
+                    let kept = self.patterns.values().find(|p| p.dir == sub).cloned();
+                    errors.push(DiscoveryError::Invalid {
+                        error: e.clone(),
+                        kept: kept.is_some(),
+                    });
+                    if let Some(k) = &kept {
+                        next.stamps.extend(
+                            self.stamps
+                                .get(&k.executable)
+                                .map(|s| (k.executable.clone(), *s)),
+                        );
+                    }
+                    (kept, Some(e))
+                }
+            };
+            next.manifests.push(ManifestStatus {
+                path: display.clone(),
+                pattern: pattern.as_ref().map(|p| p.name.clone()),
+                error,
+            });
+            let Some(p) = pattern else { continue };
+            if let Some(kept) = origin.get(&p.name) {
+                errors.push(DiscoveryError::Duplicate {
+                    name: p.name.clone(),
+                    kept: kept.clone(),
+                    ignored: display.clone(),
+                });
+                if let Some(m) = next.manifests.last_mut() {
+                    m.error = Some(YamlError::file(
+                        &display,
+                        format!("duplicate pattern name {:?}: {kept} is used", p.name),
+                    ));
+                }
+                continue;
             }
+            origin.insert(p.name.clone(), display);
+            next.patterns.insert(p.name.clone(), p);
         }
-        (Catalog { patterns }, errors)
+        (next, errors)
+    }
+
+    /// The content hash of an executable, reusing the previous one when
+    /// its size and mtime are unchanged. 0 when it cannot be read.
+    fn hash_executable(&self, path: &Path, stamps: &mut HashMap<PathBuf, ExeStamp>) -> u64 {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return 0;
+        };
+        let len = meta.len();
+        let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        if let Some(s) = self.stamps.get(path)
+            && s.len == len
+            && s.mtime_ns == mtime_ns
+        {
+            stamps.insert(path.to_path_buf(), *s);
+            return s.hash;
+        }
+        let Some(hash) = hash_file(path) else {
+            return 0;
+        };
+        stamps.insert(
+            path.to_path_buf(),
+            ExeStamp {
+                len,
+                mtime_ns,
+                hash,
+            },
+        );
+        hash
     }
 
     /// The pattern called `name`.
@@ -122,6 +219,24 @@ impl Catalog {
     /// All patterns in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Pattern>> {
         self.patterns.values()
+    }
+
+    /// Every manifest file found, with its state.
+    pub fn manifests(&self) -> &[ManifestStatus] {
+        &self.manifests
+    }
+}
+
+fn hash_file(path: &Path) -> Option<u64> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut h = std::hash::DefaultHasher::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            return Some(h.finish());
+        }
+        h.write(&buf[..n]);
     }
 }
 
@@ -154,10 +269,49 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, DiscoveryError::Duplicate { name, .. } if name == "alpha"))
         );
-        assert!(
-            errors
-                .iter()
-                .any(|e| matches!(e, DiscoveryError::Invalid(y) if y.line == Some(1)))
+        assert!(errors.iter().any(
+            |e| matches!(e, DiscoveryError::Invalid { error, kept: false } if error.line == Some(1))
+        ));
+        assert_eq!(cat.manifests().len(), 4);
+        assert_eq!(
+            cat.manifests().iter().filter(|m| m.error.is_some()).count(),
+            2
         );
+    }
+
+    #[test]
+    fn a_manifest_broken_by_an_edit_keeps_its_last_good_version() {
+        let t = tempfile::tempdir().unwrap();
+        write(t.path(), "a", &M.replace("NAME", "alpha"));
+        let (cat, _) = Catalog::discover(t.path());
+        write(t.path(), "a", "name: alpha\nversion: [\n");
+        let (cat, errors) = cat.reload(t.path());
+        assert_eq!(cat.get("alpha").unwrap().version, "1.0.0");
+        assert!(matches!(
+            errors[..],
+            [DiscoveryError::Invalid { kept: true, .. }]
+        ));
+        assert!(cat.manifests()[0].error.is_some());
+        std::fs::remove_dir_all(t.path().join("a")).unwrap();
+        let (cat, _) = cat.reload(t.path());
+        assert!(cat.get("alpha").is_none());
+    }
+
+    #[test]
+    fn a_rebuilt_executable_changes_the_pattern_and_a_touched_one_does_not() {
+        let t = tempfile::tempdir().unwrap();
+        write(t.path(), "a", &M.replace("NAME", "alpha"));
+        let exe = t.path().join("a").join("x");
+        std::fs::write(&exe, "version one").unwrap();
+        let (cat, _) = Catalog::discover(t.path());
+        let first = cat.get("alpha").unwrap().exe_hash;
+        assert_ne!(first, 0);
+        // Same content, new mtime: same pattern.
+        std::fs::write(&exe, "version one").unwrap();
+        let (cat, _) = cat.reload(t.path());
+        assert_eq!(cat.get("alpha").unwrap().exe_hash, first);
+        std::fs::write(&exe, "version two!").unwrap();
+        let (cat, _) = cat.reload(t.path());
+        assert_ne!(cat.get("alpha").unwrap().exe_hash, first);
     }
 }

@@ -17,6 +17,7 @@ pub mod desired;
 pub mod reconcile;
 pub mod runtime;
 pub mod spec;
+pub mod watch;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -28,7 +29,25 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::catalog::{Catalog, DiscoveryError};
 use crate::reconcile::PlanConfig;
-use crate::runtime::controller::{Command, Controller, ControllerConfig};
+use crate::runtime::cgroup::Cgroups;
+use crate::runtime::controller::{Command, Controller, ControllerConfig, Watchers};
+
+/// The name of this launcher's parent cgroup: one per state directory, so
+/// that a restarted launcher finds its instances and two launchers with
+/// different state directories never touch each other's.
+fn cgroup_name(state_dir: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let abs = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = abs
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("prism-launcher-{hash:016x}")
+}
 
 /// Generated wire types and the descriptor set for reflection.
 #[allow(missing_docs, clippy::pedantic)] // generated code
@@ -80,6 +99,9 @@ pub struct Launcher {
     grpc_port: u16,
     port_range: RangeInclusive<u16>,
     plan: PlanConfig,
+    rescan: Duration,
+    orphan_sweep: Duration,
+    keep_instances_on_exit: bool,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -127,6 +149,27 @@ impl LauncherBuilder {
         self.0.plan.default_grace = d;
         self
     }
+    /// `--rescan-interval`: full rescans of `desired/` and `patterns/`
+    /// that repair whatever a lost file event missed.
+    pub fn rescan_interval(mut self, d: Duration) -> Self {
+        self.0.rescan = d;
+        self
+    }
+    /// `--no-rolling-restart` when false.
+    pub fn rolling_restart(mut self, on: bool) -> Self {
+        self.0.plan.rolling_restart = on;
+        self
+    }
+    /// `--orphan-sweep-interval`.
+    pub fn orphan_sweep(mut self, d: Duration) -> Self {
+        self.0.orphan_sweep = d;
+        self
+    }
+    /// `--keep-instances-on-exit`.
+    pub fn keep_instances_on_exit(mut self, on: bool) -> Self {
+        self.0.keep_instances_on_exit = on;
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -144,6 +187,9 @@ impl Launcher {
             grpc_port: 8080,
             port_range: 50051..=59999,
             plan: PlanConfig::default(),
+            rescan: Duration::from_secs(10),
+            orphan_sweep: Duration::from_secs(60),
+            keep_instances_on_exit: false,
         })
     }
 
@@ -157,6 +203,17 @@ impl Launcher {
             "Discovering patterns in directory: {}",
             self.patterns_dir.display()
         );
+        for dir in [&self.desired_dir, &self.state_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| LaunchError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        // Watch first, so that nothing changed during discovery is missed.
+        let watchers = Watchers {
+            patterns: watch::watch_patterns(self.patterns_dir.clone(), self.rescan),
+            desired: watch::watch_desired(self.desired_dir.clone(), self.rescan),
+        };
         let (catalog, errors) = Catalog::discover(&self.patterns_dir);
         for e in &errors {
             match e {
@@ -172,16 +229,19 @@ impl Launcher {
                 p.isolation
             );
         }
+        let cgroups = Cgroups::detect(&cgroup_name(&self.state_dir));
+        if cgroups.enforced() {
+            tracing::info!("resource limits and process trees: {}", cgroups.describe());
+        } else {
+            tracing::warn!(
+                "resource limits are NOT enforced and process trees are tracked by process group only: {}",
+                cgroups.describe()
+            );
+        }
         tracing::info!(
             "Pattern launcher service created with {} patterns",
             catalog.len()
         );
-        for dir in [&self.desired_dir, &self.state_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| LaunchError::Dir {
-                path: dir.clone(),
-                source,
-            })?;
-        }
 
         let addr = SocketAddr::new(self.listen, self.grpc_port);
         let listener = tokio::net::TcpListener::bind(addr)
@@ -190,11 +250,17 @@ impl Launcher {
 
         let (controller, handle) = Controller::new(
             ControllerConfig {
+                patterns_dir: self.patterns_dir.clone(),
                 state_dir: self.state_dir.clone(),
                 port_range: self.port_range.clone(),
                 plan: self.plan,
+                cgroups,
+                orphan_sweep: self.orphan_sweep,
+                keep_instances_on_exit: self.keep_instances_on_exit,
             },
             catalog,
+            errors.iter().map(ToString::to_string).collect(),
+            watchers,
         )?;
         let loop_task = tokio::spawn(controller.run());
 
@@ -229,7 +295,7 @@ impl Launcher {
         tracing::info!("gRPC server stopped; terminating instances");
         let _ = handle.commands.send(Command::Shutdown).await;
         let _ = loop_task.await;
-        tracing::info!("all instances stopped");
+        tracing::info!("controller stopped");
         served.map_err(|e| LaunchError::Serve(e.to_string()))
     }
 }

@@ -41,6 +41,22 @@ struct Flags {
     /// declaration sets one.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace_period: Duration,
+    /// How often `desired/` and `patterns/` are rescanned in full, to
+    /// repair anything a lost file event missed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    rescan_interval: Duration,
+    /// Restart all instances of a pattern at once when its manifest or
+    /// executable changes, instead of one at a time.
+    #[arg(long)]
+    no_rolling_restart: bool,
+    /// How often processes that this state directory started and that no
+    /// instance owns are looked for (also once at start-up).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    orphan_sweep_interval: Duration,
+    /// On SIGTERM/SIGINT, leave the instances running for the next
+    /// launcher with the same --state-dir to adopt.
+    #[arg(long)]
+    keep_instances_on_exit: bool,
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -86,6 +102,10 @@ async fn main() -> anyhow::Result<()> {
         .port_range(flags.port_range)
         .startup_timeout(flags.startup_timeout)
         .default_grace(flags.grace_period)
+        .rescan_interval(flags.rescan_interval)
+        .rolling_restart(!flags.no_rolling_restart)
+        .orphan_sweep(flags.orphan_sweep_interval)
+        .keep_instances_on_exit(flags.keep_instances_on_exit)
         .build()
         .run(shutdown)
         .await

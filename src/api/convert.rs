@@ -7,7 +7,7 @@ use tonic::Status;
 
 use crate::proto::{self, IsolationLevel, ProcessState};
 use crate::reconcile::Phase;
-use crate::runtime::snapshot::{InstanceStatus, Snapshot};
+use crate::runtime::snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
 use crate::spec::Isolation;
 
 /// Wire isolation → domain; `None` means "the manifest's".
@@ -88,6 +88,7 @@ pub fn pattern_info(s: &InstanceStatus) -> proto::PatternInfo {
         isolation: isolation_to_wire(s.isolation).into(),
         source: s.source.clone(),
         grpc_port: i32::from(s.grpc_port),
+        limits: s.limits.clone(),
     }
 }
 
@@ -138,5 +139,40 @@ pub fn health_response(
             Vec::new()
         },
         uptime_seconds: i64::try_from(uptime.as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The wire view of a source. A manifest lists its pattern's instances.
+pub fn source_info(s: &SourceStatus, snap: &Snapshot) -> proto::SourceInfo {
+    let process_ids = match s.kind {
+        SourceKind::Desired => s.process_ids.clone(),
+        SourceKind::Manifest => snap
+            .instances
+            .values()
+            .filter(|i| !s.pattern.is_empty() && i.pattern == s.pattern)
+            .map(|i| i.process_id.clone())
+            .collect(),
+    };
+    proto::SourceInfo {
+        kind: match s.kind {
+            SourceKind::Desired => "desired",
+            SourceKind::Manifest => "manifest",
+        }
+        .to_string(),
+        path: s.path.clone(),
+        ok: s.error.is_none(),
+        error: s
+            .error
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        line: s
+            .error
+            .as_ref()
+            .and_then(|e| e.line)
+            .and_then(|l| i32::try_from(l).ok())
+            .unwrap_or(0),
+        process_ids,
+        pattern_name: s.pattern.clone(),
     }
 }

@@ -184,6 +184,19 @@ impl PatternLauncher for LauncherService {
         )))
     }
 
+    async fn list_sources(
+        &self,
+        _request: Request<proto::ListSourcesRequest>,
+    ) -> Result<Response<proto::ListSourcesResponse>, Status> {
+        let snap = self.snapshot();
+        let sources = snap
+            .sources
+            .iter()
+            .map(|s| convert::source_info(s, &snap))
+            .collect();
+        Ok(Response::new(proto::ListSourcesResponse { sources }))
+    }
+
     async fn get_process_status(
         &self,
         request: Request<proto::GetProcessStatusRequest>,

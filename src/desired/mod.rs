@@ -4,6 +4,7 @@
 //! Pure data and rules; persistence of API declarations is in [`api_store`].
 
 pub mod api_store;
+pub mod files;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -157,6 +158,60 @@ impl DesiredSet {
         self.instances.is_empty()
     }
 
+    /// Replaces everything `source` declares with `specs`, all or nothing:
+    /// when one of them conflicts with another source's declaration, nothing
+    /// changes and the index of the first conflicting spec is returned.
+    /// Returns the process_ids whose declaration by `source` was added,
+    /// changed or removed.
+    pub fn replace_source(
+        &mut self,
+        source: &Source,
+        specs: &[InstanceSpec],
+    ) -> Result<Vec<String>, (usize, Conflict)> {
+        for (i, spec) in specs.iter().enumerate() {
+            let id = spec.key.process_id();
+            if let Some(inst) = self.instances.get(&id) {
+                for (s, existing) in &inst.by_source {
+                    if s != source && !existing.agrees_with(spec) {
+                        return Err((
+                            i,
+                            Conflict {
+                                process_id: id,
+                                existing: s.clone(),
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        let mut touched = Vec::new();
+        let keep: std::collections::BTreeSet<String> =
+            specs.iter().map(|s| s.key.process_id()).collect();
+        let old: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|(id, i)| i.by_source.contains_key(source) && !keep.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in old {
+            self.withdraw(source, &id);
+            touched.push(id);
+        }
+        for spec in specs {
+            let id = spec.key.process_id();
+            let inst = self
+                .instances
+                .entry(id.clone())
+                .or_insert_with(|| DesiredInstance {
+                    by_source: BTreeMap::new(),
+                });
+            if inst.by_source.insert(source.clone(), spec.clone()).as_ref() != Some(spec) {
+                touched.push(id);
+            }
+        }
+        Ok(touched)
+    }
+
     /// The specs declared by `source`.
     pub fn declared_by(&self, source: &Source) -> Vec<InstanceSpec> {
         self.instances
@@ -214,6 +269,35 @@ mod tests {
         let f = Source::File("f.yaml".into());
         d.declare(f.clone(), spec("b", "x")).unwrap();
         assert_eq!(d.declare(f, spec("b", "y")), Ok(Declared::Updated));
+    }
+
+    #[test]
+    fn replacing_a_files_declarations_is_all_or_nothing() {
+        let mut d = DesiredSet::default();
+        let f = Source::File("f.yaml".into());
+        d.replace_source(&f, &[spec("a", "x"), spec("b", "x")])
+            .unwrap();
+        d.declare(Source::Api, spec("c", "x")).unwrap();
+        // c conflicts with the API: nothing changes.
+        let (i, e) = d
+            .replace_source(&f, &[spec("a", "y"), spec("c", "y")])
+            .unwrap_err();
+        assert_eq!(i, 1);
+        assert_eq!(e.existing, Source::Api);
+        assert_eq!(d.get("ns:a:p").unwrap().spec().config["LEVEL"], "x");
+        // a changes, b goes, c joins the API's declaration.
+        let mut touched = d
+            .replace_source(&f, &[spec("a", "y"), spec("c", "x")])
+            .unwrap();
+        touched.sort();
+        assert_eq!(touched, vec!["ns:a:p", "ns:b:p", "ns:c:p"]);
+        assert!(d.get("ns:b:p").is_none());
+        assert_eq!(
+            d.get("ns:c:p").unwrap().sources_text(),
+            "api, desired/f.yaml"
+        );
+        assert_eq!(d.replace_source(&f, &[]).unwrap().len(), 2);
+        assert_eq!(d.len(), 1);
     }
 
     #[test]

@@ -75,8 +75,11 @@ pub struct ProcessInfo {
     /// Which spawn of the launcher this is; events carry it, so a late
     /// event of an earlier process is never applied to a later one.
     pub epoch: u64,
-    /// When it was spawned.
+    /// When it was spawned (or adopted).
     pub started_at: Instant,
+    /// Its start time in clock ticks after boot (`/proc/<pid>/stat`), which
+    /// with the pid identifies it across launcher restarts.
+    pub start_time: u64,
 }
 
 /// Ports handed to an instance; kept across restarts.
@@ -123,6 +126,11 @@ pub struct ObservedInstance {
     pub stopping: Option<Stopping>,
     /// How the last TerminatePattern asked for the stop.
     pub stop_request: Option<StopRequest>,
+    /// The cgroup's OOM-kill count when the current process started.
+    pub oom_kills_before: u64,
+    /// How the current process is contained (limits and backend), or why
+    /// its limits are not enforced.
+    pub limits: String,
 }
 
 impl ObservedInstance {
@@ -145,6 +153,8 @@ impl ObservedInstance {
             restart_now: true,
             stopping: None,
             stop_request: None,
+            oom_kills_before: 0,
+            limits: String::new(),
         }
     }
 }

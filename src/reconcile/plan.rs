@@ -6,6 +6,7 @@
 //! Level-triggered: the result depends on the state only, never on what
 //! woke the loop.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::backoff;
@@ -24,6 +25,10 @@ pub struct PlanConfig {
     pub breaker_threshold: u32,
     /// Healthy this long and the failure count starts again from zero.
     pub healthy_reset: Duration,
+    /// A changed manifest or executable restarts a pattern's instances one
+    /// at a time, each healthy before the next is stopped. When false, all
+    /// at once.
+    pub rolling_restart: bool,
 }
 
 impl Default for PlanConfig {
@@ -33,6 +38,7 @@ impl Default for PlanConfig {
             startup_timeout: Duration::from_secs(30),
             breaker_threshold: 5,
             healthy_reset: Duration::from_secs(30),
+            rolling_restart: true,
         }
     }
 }
@@ -95,6 +101,15 @@ impl Plan {
     }
 }
 
+/// Patterns whose instances are being rolled over to a new manifest or
+/// executable: at most one instance of each is down at a time.
+#[derive(Default)]
+struct Rollout<'a> {
+    /// Patterns with an instance not up: starting, stopping, or waiting
+    /// for a restart. Their rollout waits.
+    busy: HashSet<&'a str>,
+}
+
 /// Plans one pass. See the module doc.
 pub fn plan(
     desired: &DesiredSet,
@@ -104,6 +119,19 @@ pub fn plan(
     cfg: &PlanConfig,
 ) -> Plan {
     let mut plan = Plan::default();
+    let mut rollout = Rollout::default();
+    for (id, o) in observed {
+        let down = match o.phase {
+            Phase::Starting | Phase::Terminating => true,
+            // A circuit-broken instance halts a rollout: the new version
+            // may be what breaks it.
+            Phase::Exited | Phase::Failed => desired.get(id).is_some(),
+            Phase::Running | Phase::Finished => false,
+        };
+        if down {
+            rollout.busy.insert(o.spec.key.pattern.as_str());
+        }
+    }
     // Desired instances that have no entry yet.
     for (id, d) in desired.iter() {
         if !observed.contains_key(id) && catalog.get(&d.spec().key.pattern).is_some() {
@@ -115,23 +143,33 @@ pub fn plan(
     }
     for (id, o) in observed {
         match desired.get(id) {
-            Some(d) => plan_desired(id, d, o, catalog, now, cfg, &mut plan),
+            Some(d) => plan_desired(id, d, o, catalog, now, cfg, &mut rollout, &mut plan),
             None => plan_undesired(id, o, now, cfg, &mut plan),
         }
     }
     plan
 }
 
-/// True when the instance should run with something other than what its
-/// process was started with: another config, or a changed manifest.
-fn spec_changed(d: &DesiredInstance, o: &ObservedInstance, catalog: &Catalog) -> bool {
+/// What differs between what an instance should run and what its process
+/// was started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Nothing.
+    None,
+    /// Its declaration (config): restart it now.
+    Declaration,
+    /// Its pattern's manifest or executable: restart it in a rollout.
+    Pattern,
+}
+
+fn change(d: &DesiredInstance, o: &ObservedInstance, catalog: &Catalog) -> Change {
     if d.spec().config != o.spec.config {
-        return true;
+        return Change::Declaration;
     }
     match catalog.get(&o.spec.key.pattern) {
-        Some(p) => **p != *o.pattern,
+        Some(p) if **p != *o.pattern => Change::Pattern,
         // A removed pattern keeps its running instances.
-        None => false,
+        _ => Change::None,
     }
 }
 
@@ -163,24 +201,35 @@ fn plan_terminating(id: &str, o: &ObservedInstance, now: Instant, plan: &mut Pla
     }
 }
 
-fn plan_desired(
+#[allow(clippy::too_many_arguments)] // one pass's whole context, read-only but for the outputs
+fn plan_desired<'a>(
     id: &str,
     d: &DesiredInstance,
-    o: &ObservedInstance,
+    o: &'a ObservedInstance,
     catalog: &Catalog,
     now: Instant,
     cfg: &PlanConfig,
+    rollout: &mut Rollout<'a>,
     plan: &mut Plan,
 ) {
-    let changed = spec_changed(d, o, catalog);
+    let change = change(d, o, catalog);
+    let changed = change != Change::None;
     let can_spawn = catalog.get(&d.spec().key.pattern).is_some();
     let spawn = |reset_breaker| Action::Spawn {
         process_id: id.to_string(),
         reset_breaker,
     };
     match o.phase {
-        Phase::Starting | Phase::Running if changed => {
+        Phase::Starting | Phase::Running if change == Change::Declaration => {
             plan.actions.push(stop(id, o, StopReason::SpecChanged, cfg));
+        }
+        // A new manifest or executable: one instance of the pattern down
+        // at a time (a starting one is left to come up, or fail, first).
+        Phase::Running if change == Change::Pattern => {
+            let pattern = o.spec.key.pattern.as_str();
+            if !cfg.rolling_restart || rollout.busy.insert(pattern) {
+                plan.actions.push(stop(id, o, StopReason::SpecChanged, cfg));
+            }
         }
         Phase::Starting => {
             let started = o.process.map_or(now, |p| p.started_at);
@@ -273,6 +322,7 @@ mod tests {
             health: HealthCheck::default(),
             resources: Resources::default(),
             environment: BTreeMap::new(),
+            exe_hash: 0,
         }
     }
 
@@ -315,6 +365,7 @@ mod tests {
                 pid: 42,
                 epoch: 1,
                 started_at: self.t0,
+                start_time: 0,
             });
             self.observed.insert(format!("ns:{ns}:p"), o);
             self.observed.get_mut(&format!("ns:{ns}:p")).unwrap()
@@ -560,6 +611,55 @@ mod tests {
                 process_id: id("a")
             }]
         );
+    }
+
+    #[test]
+    fn a_new_executable_restarts_a_patterns_instances_one_at_a_time() {
+        let mut w = World::new();
+        for ns in ["a", "b", "c"] {
+            w.want(ns);
+            w.with(ns, Phase::Running);
+        }
+        let mut rebuilt = pattern();
+        rebuilt.exe_hash = 7;
+        w.catalog = Catalog::from_patterns([rebuilt]);
+        let stops = |p: &Plan| {
+            p.actions
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Action::Stop {
+                            reason: StopReason::SpecChanged,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(stops(&w.plan_at(Duration::ZERO)), 1);
+        // While the first one is down, nothing else is stopped.
+        w.observed.get_mut(&id("a")).unwrap().phase = Phase::Terminating;
+        assert_eq!(stops(&w.plan_at(Duration::ZERO)), 0);
+        w.observed.get_mut(&id("a")).unwrap().phase = Phase::Starting;
+        assert_eq!(stops(&w.plan_at(Duration::ZERO)), 0);
+        // Healthy on the new version: the next one goes.
+        let new = w.catalog.get("p").unwrap().clone();
+        let o = w.observed.get_mut(&id("a")).unwrap();
+        o.phase = Phase::Running;
+        o.pattern = new;
+        assert_eq!(
+            w.plan_at(Duration::ZERO).actions,
+            vec![Action::Stop {
+                process_id: id("b"),
+                reason: StopReason::SpecChanged,
+                grace: Duration::from_secs(10),
+                force: false
+            }]
+        );
+        // Without rolling restarts, all at once.
+        w.cfg.rolling_restart = false;
+        assert_eq!(stops(&w.plan_at(Duration::ZERO)), 2);
     }
 
     #[tokio::test(start_paused = true)]

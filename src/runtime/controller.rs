@@ -18,19 +18,24 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::cgroup::{Cgroups, Limits};
 use super::logs::{self, LogEcho};
 use super::ports::PortAllocator;
-use super::snapshot::{InstanceStatus, Snapshot};
+use super::snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
 use super::spawn::{self, check_executable, describe_exit, signal_group};
-use super::supervise::{ProbeTarget, ProcEvent, supervise};
+use super::supervise::{Exit, ProbeTarget, ProcEvent, supervise};
+use super::table::{self, Entry, ProcessTable};
 use crate::catalog::Catalog;
 use crate::desired::api_store::ApiStore;
+use crate::desired::files::DesiredDoc;
 use crate::desired::{Declared, DesiredSet, Source};
 use crate::reconcile::observed::{
     ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest, Stopping,
 };
 use crate::reconcile::{Action, Observed, PlanConfig, plan};
+use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
+use crate::watch::FileEvent;
 
 /// Lines of output quoted in an error.
 const ERROR_TAIL_LINES: usize = 5;
@@ -38,6 +43,20 @@ const ERROR_TAIL_LINES: usize = 5;
 const RESYNC: Duration = Duration::from_secs(1);
 /// Most commands or events applied before planning again.
 const BATCH: usize = 1024;
+/// Longest wait for the desired directory's first scan at start-up.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how an instance of `pattern` on `ports` is probed.
+fn probe_target(
+    pattern: &crate::spec::manifest::Pattern,
+    ports: crate::reconcile::observed::Ports,
+) -> ProbeTarget {
+    ProbeTarget {
+        url: format!("http://127.0.0.1:{}{}", ports.health, pattern.health.path),
+        interval: pattern.health.interval,
+        timeout: pattern.health.timeout,
+    }
+}
 
 /// A LaunchPattern as the controller receives it.
 #[derive(Debug, Clone)]
@@ -111,12 +130,20 @@ pub enum Command {
 /// Settings of a controller.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
+    /// `--patterns-dir`.
+    pub patterns_dir: PathBuf,
     /// `--state-dir`.
     pub state_dir: PathBuf,
     /// `--port-range`.
     pub port_range: std::ops::RangeInclusive<u16>,
     /// Lifecycle tunables.
     pub plan: PlanConfig,
+    /// The containment backend.
+    pub cgroups: Cgroups,
+    /// How often processes nobody owns are looked for.
+    pub orphan_sweep: Duration,
+    /// Leave instances running on shutdown, for the next launcher.
+    pub keep_instances_on_exit: bool,
 }
 
 /// Handles to talk to a running controller.
@@ -142,8 +169,25 @@ impl ControllerHandle {
     }
 }
 
+/// What the directory watchers send the controller.
+pub struct Watchers {
+    /// Desired-state file changes.
+    pub desired: mpsc::UnboundedReceiver<FileEvent>,
+    /// "Look at the patterns directory again."
+    pub patterns: mpsc::UnboundedReceiver<()>,
+}
+
 /// The reconcile loop and everything it owns.
 pub struct Controller {
+    watchers: Watchers,
+    /// The last content reported of each desired file.
+    files: BTreeMap<String, Result<Vec<DesiredDoc>, YamlError>>,
+    /// Desired files whose current content is refused.
+    file_errors: BTreeMap<String, YamlError>,
+    /// Discovery errors last reported (so each is logged once).
+    catalog_errors: Vec<String>,
+    sources: Arc<Vec<SourceStatus>>,
+    sources_dirty: bool,
     cfg: ControllerConfig,
     catalog: Catalog,
     desired: DesiredSet,
@@ -164,6 +208,13 @@ pub struct Controller {
     started: Instant,
     next_epoch: u64,
     shutting_down: bool,
+    table: ProcessTable,
+    table_dirty: bool,
+    /// Orphaned cgroups sent SIGTERM, and when they get SIGKILL.
+    reaping: Vec<(String, Instant)>,
+    next_sweep: Instant,
+    /// The desired directory's first scan has been applied.
+    synced: bool,
 }
 
 /// A controller could not be set up.
@@ -183,6 +234,9 @@ pub enum SetupError {
     /// The HTTP client for probes cannot be built.
     #[error("cannot build the probe client: {0}")]
     Client(String),
+    /// The process table cannot be read.
+    #[error("cannot load the process table: {0}")]
+    Table(#[from] table::TableError),
 }
 
 impl Controller {
@@ -190,6 +244,8 @@ impl Controller {
     pub fn new(
         cfg: ControllerConfig,
         catalog: Catalog,
+        catalog_errors: Vec<String>,
+        watchers: Watchers,
     ) -> Result<(Controller, ControllerHandle), SetupError> {
         let logs_dir = cfg.state_dir.join("logs");
         std::fs::create_dir_all(&logs_dir).map_err(|source| SetupError::StateDir {
@@ -226,7 +282,15 @@ impl Controller {
         };
         let echo = LogEcho::start(&logs_dir);
         let ports = PortAllocator::new(cfg.port_range.clone(), super::ports::os_bindable);
-        let c = Controller {
+        let table = ProcessTable::new(&cfg.state_dir);
+        let recorded = table.load()?;
+        let mut c = Controller {
+            watchers,
+            files: BTreeMap::new(),
+            file_errors: BTreeMap::new(),
+            catalog_errors,
+            sources: Arc::new(Vec::new()),
+            sources_dirty: true,
             cfg,
             catalog,
             desired,
@@ -247,8 +311,191 @@ impl Controller {
             started,
             next_epoch: 1,
             shutting_down: false,
+            table,
+            table_dirty: true,
+            reaping: Vec::new(),
+            next_sweep: started,
+            synced: false,
         };
+        c.adopt(recorded);
         Ok((c, handle))
+    }
+
+    // ----- containment: adoption, orphans, the process table ------------
+
+    /// Takes over the processes an earlier launcher with this state
+    /// directory recorded and that are still alive (pid and start time
+    /// match). Whether they are still desired is the planner's to decide,
+    /// once the desired directory has been read.
+    fn adopt(&mut self, recorded: Vec<Entry>) {
+        for e in recorded {
+            if !table::is_same_process(e.pid, e.start_time) {
+                tracing::info!(
+                    "{}: recorded pid {} is gone (or now another process); not touched",
+                    e.process_id,
+                    e.pid
+                );
+                continue;
+            }
+            let fd = match table::pidfd_open(e.pid) {
+                Ok(fd) if table::is_same_process(e.pid, e.start_time) => fd,
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::warn!(
+                        "{}: cannot watch pid {}: {err}; not adopted",
+                        e.process_id,
+                        e.pid
+                    );
+                    continue;
+                }
+            };
+            let Some(pattern) = self.catalog.get(&e.spec.key.pattern).cloned() else {
+                tracing::warn!(
+                    "{}: pid {} runs pattern {} which is not in the catalog; it is adopted to be stopped",
+                    e.process_id,
+                    e.pid,
+                    e.spec.key.pattern
+                );
+                // Without a pattern nothing can probe it; keep a minimal
+                // entry so that the planner stops it when not desired.
+                continue;
+            };
+            let ports = e.ports();
+            self.ports.hold(ports);
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            let mut o = ObservedInstance::new(e.spec.clone(), pattern.clone(), ports);
+            o.phase = Phase::Starting;
+            o.restart_now = false;
+            o.process = Some(ProcessInfo {
+                pid: e.pid,
+                epoch,
+                started_at: Instant::now(),
+                start_time: e.start_time,
+            });
+            o.oom_kills_before = self.cfg.cgroups.oom_kills(&e.process_id);
+            o.limits = self.limits_text(&pattern);
+            tracing::info!(
+                "{}: adopted pid {} from an earlier launcher",
+                e.process_id,
+                e.pid
+            );
+            let id: Arc<str> = Arc::from(e.process_id.as_str());
+            let log = logs::log_path(&self.logs_dir, &e.process_id);
+            self.log_offsets
+                .insert(e.process_id.clone(), logs::log_len(&log));
+            self.echo.track(log, id.clone());
+            tokio::spawn(supervise(
+                Exit::Adopted(fd),
+                id,
+                epoch,
+                probe_target(&pattern, ports),
+                self.client.clone(),
+                self.events_tx.clone(),
+            ));
+            self.touch(&e.process_id);
+            self.observed.insert(e.process_id, o);
+        }
+    }
+
+    /// Writes the process table when it changed.
+    fn save_table(&mut self) {
+        if !std::mem::take(&mut self.table_dirty) {
+            return;
+        }
+        let entries: Vec<Entry> = self
+            .observed
+            .iter()
+            .filter_map(|(id, o)| {
+                let p = o.process?;
+                Some(Entry {
+                    process_id: id.clone(),
+                    spec: o.spec.clone(),
+                    pid: p.pid,
+                    start_time: p.start_time,
+                    cgroups: self.cfg.cgroups.dirs(id),
+                    grpc_port: o.ports.grpc,
+                    health_port: o.ports.health,
+                })
+            })
+            .collect();
+        if let Err(e) = self.table.save(&entries) {
+            tracing::error!("cannot write the process table: {e}");
+            self.table_dirty = true;
+        }
+    }
+
+    /// Finds processes in this launcher's cgroups that no instance owns,
+    /// and stops them: SIGTERM now, SIGKILL after the default grace period.
+    fn sweep_orphans(&mut self, now: Instant) {
+        let grace = self.cfg.plan.default_grace;
+        for id in self.cfg.cgroups.instances() {
+            let owned = self.observed.get(&id).is_some_and(|o| o.process.is_some());
+            if owned || self.reaping.iter().any(|(r, _)| *r == id) {
+                continue;
+            }
+            let pids = self.cfg.cgroups.pids(&id);
+            if pids.is_empty() {
+                if !self.observed.contains_key(&id)
+                    && let Err(e) = self.cfg.cgroups.remove(&id)
+                {
+                    tracing::debug!("cannot remove the cgroup of {id}: {e}");
+                }
+                continue;
+            }
+            tracing::warn!(
+                "orphan processes of {id} (pids {pids:?}): no instance owns them; stopping them (grace {grace:?})"
+            );
+            for pid in pids {
+                if let Ok(raw) = i32::try_from(pid)
+                    && raw > 1
+                {
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGTERM);
+                }
+            }
+            self.reaping.push((id, now + grace));
+        }
+    }
+
+    fn finish_reaping(&mut self, now: Instant) -> Option<Instant> {
+        let cgroups = &self.cfg.cgroups;
+        self.reaping.retain(|(id, deadline)| {
+            if cgroups.pids(id).is_empty() {
+                let _ = cgroups.remove(id);
+                tracing::info!("orphan processes of {id} are gone");
+                return false;
+            }
+            if now >= *deadline {
+                tracing::warn!("orphan processes of {id} outlived the grace period: SIGKILL");
+                let _ = cgroups.kill_all(id);
+            }
+            true
+        });
+        self.reaping.iter().map(|(_, d)| *d).min()
+    }
+
+    fn limits_text(&self, pattern: &crate::spec::manifest::Pattern) -> String {
+        let r = &pattern.resources;
+        if r.cpu_limit.is_none() && r.memory_limit.is_none() {
+            return "none requested".into();
+        }
+        let mut parts = Vec::new();
+        if let Some(m) = r.memory_limit {
+            parts.push(format!("memory {m} bytes"));
+        }
+        if let Some(c) = r.cpu_limit {
+            parts.push(format!("cpu {c} cores"));
+        }
+        if self.cfg.cgroups.enforced() {
+            format!("{} by {}", parts.join(", "), self.cfg.cgroups.describe())
+        } else {
+            format!(
+                "NOT ENFORCED ({}): {}",
+                parts.join(", "),
+                self.cfg.cgroups.describe()
+            )
+        }
     }
 
     /// Runs the loop until a [`Command::Shutdown`] has stopped every
@@ -256,6 +503,7 @@ impl Controller {
     pub async fn run(mut self) {
         let empty = DesiredSet::default();
         let mut passes_in_a_row = 0u32;
+        self.wait_for_sync().await;
         loop {
             let now = Instant::now();
             self.heartbeat.store(
@@ -267,13 +515,31 @@ impl Controller {
             } else {
                 &self.desired
             };
+            if self.shutting_down && self.cfg.keep_instances_on_exit {
+                self.save_table();
+                tracing::info!(
+                    "leaving {} instances running for the next launcher",
+                    self.observed
+                        .values()
+                        .filter(|o| o.process.is_some())
+                        .count()
+                );
+                return;
+            }
             let p = plan(desired, &self.catalog, &self.observed, now, &self.cfg.plan);
             let acted = !p.actions.is_empty();
             for action in p.actions {
                 self.execute(action, now);
             }
+            if now >= self.next_sweep && !self.shutting_down {
+                self.sweep_orphans(now);
+                self.next_sweep = now + self.cfg.orphan_sweep;
+            }
+            let reap_at = self.finish_reaping(now);
+            self.save_table();
             self.publish();
             if self.shutting_down && self.observed.is_empty() {
+                self.cfg.cgroups.remove_parents();
                 return;
             }
             // Actions change the state: plan again at once, but never spin.
@@ -281,14 +547,35 @@ impl Controller {
             if acted && passes_in_a_row < 8 {
                 continue;
             }
-            let wake = p.wake_at.map_or(now + RESYNC, |w| w.min(now + RESYNC));
+            let wake = [
+                p.wake_at,
+                reap_at,
+                Some(self.next_sweep),
+                Some(now + RESYNC),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + RESYNC);
             tokio::select! {
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => self.shutting_down = true,
                 },
                 Some(ev) = self.events.recv() => self.event(ev),
+                Some(ev) = self.watchers.desired.recv() => self.file_event(ev),
+                Some(()) = self.watchers.patterns.recv() => self.reload_catalog(),
                 () = tokio::time::sleep_until(wake.into()) => {}
+            }
+            for _ in 0..BATCH {
+                match self.watchers.desired.try_recv() {
+                    Ok(ev) => self.file_event(ev),
+                    Err(_) => break,
+                }
+            }
+            if self.watchers.patterns.try_recv().is_ok() {
+                while self.watchers.patterns.try_recv().is_ok() {}
+                self.reload_catalog();
             }
             for _ in 0..BATCH {
                 match self.commands.try_recv() {
@@ -305,6 +592,26 @@ impl Controller {
         }
     }
 
+    /// Applies the desired directory's first scan before anything is
+    /// planned: an adopted instance declared by a file must not look
+    /// undesired for the moment before the file is read. Commands wait.
+    async fn wait_for_sync(&mut self) {
+        let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
+        while !self.synced {
+            tokio::select! {
+                ev = self.watchers.desired.recv() => match ev {
+                    Some(ev) => self.file_event(ev),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("the desired directory was not read within {SYNC_TIMEOUT:?}; going on");
+                    break;
+                }
+            }
+        }
+        self.synced = true;
+    }
+
     fn touch(&mut self, id: &str) {
         if !self.dirty.contains(id) {
             self.dirty.insert(id.to_string());
@@ -312,8 +619,11 @@ impl Controller {
     }
 
     fn publish(&mut self) {
-        if self.dirty.is_empty() {
+        if self.dirty.is_empty() && !self.sources_dirty {
             return;
+        }
+        if std::mem::take(&mut self.sources_dirty) {
+            self.sources = Arc::new(self.source_statuses());
         }
         for id in std::mem::take(&mut self.dirty) {
             match self.observed.get(&id) {
@@ -333,7 +643,220 @@ impl Controller {
         }
         self.snapshot_tx.send_replace(Arc::new(Snapshot {
             instances: self.statuses.clone(),
+            sources: self.sources.clone(),
         }));
+    }
+
+    fn source_statuses(&self) -> Vec<SourceStatus> {
+        let mut v: Vec<SourceStatus> = self
+            .files
+            .keys()
+            .map(|name| {
+                let source = Source::File(name.clone());
+                SourceStatus {
+                    kind: SourceKind::Desired,
+                    path: source.to_string(),
+                    error: self.file_errors.get(name).cloned(),
+                    process_ids: self
+                        .desired
+                        .declared_by(&source)
+                        .iter()
+                        .map(|s| s.key.process_id())
+                        .collect(),
+                    pattern: String::new(),
+                }
+            })
+            .collect();
+        v.extend(self.catalog.manifests().iter().map(|m| SourceStatus {
+            kind: SourceKind::Manifest,
+            path: m.path.clone(),
+            error: m.error.clone(),
+            process_ids: Vec::new(),
+            pattern: m.pattern.clone().unwrap_or_default(),
+        }));
+        v
+    }
+
+    // ----- desired files and the catalog --------------------------------
+
+    fn file_event(&mut self, ev: FileEvent) {
+        match ev {
+            FileEvent::Changed { name, result } => {
+                // Errors name the file as users know it: desired/<name>.
+                let result = result.map_err(|mut e| {
+                    e.file = Source::File(name.clone()).to_string();
+                    e
+                });
+                self.files.insert(name.clone(), result);
+                self.apply_file(&name);
+            }
+            FileEvent::Synced => self.synced = true,
+            FileEvent::Removed { name } => {
+                self.files.remove(&name);
+                self.file_errors.remove(&name);
+                let source = Source::File(name);
+                // Withdrawing everything cannot conflict.
+                let touched = self
+                    .desired
+                    .replace_source(&source, &[])
+                    .unwrap_or_default();
+                tracing::info!(
+                    "{source} removed: {} instances no longer declared by it",
+                    touched.len()
+                );
+                for id in touched {
+                    self.touch(&id);
+                }
+                self.sources_dirty = true;
+            }
+        }
+    }
+
+    /// Makes the desired set hold what file `name` declares now, or, when
+    /// its content is refused, keeps what it declared before.
+    fn apply_file(&mut self, name: &str) {
+        let source = Source::File(name.to_string());
+        let shown = source.to_string();
+        let outcome = match self.files.get(name) {
+            Some(Ok(docs)) => self.specs_of(&shown, docs),
+            Some(Err(e)) => Err(e.clone()),
+            None => return,
+        }
+        .and_then(|(specs, lines)| {
+            self.desired
+                .replace_source(&source, &specs)
+                .map_err(|(i, conflict)| YamlError {
+                    file: shown.clone(),
+                    line: lines.get(i).copied(),
+                    message: conflict.to_string(),
+                })
+        });
+        self.sources_dirty = true;
+        match outcome {
+            Ok(touched) => {
+                let was_refused = self.file_errors.remove(name).is_some();
+                if was_refused || !touched.is_empty() {
+                    tracing::info!(
+                        "{shown}: applied, {} instances declared",
+                        self.desired.declared_by(&source).len()
+                    );
+                }
+                for id in touched {
+                    self.reopen_circuit(&id);
+                    self.touch(&id);
+                }
+            }
+            Err(e) => {
+                if self.file_errors.get(name) != Some(&e) {
+                    tracing::error!("{e} (the file's last good content stays in force)");
+                }
+                self.file_errors.insert(name.to_string(), e);
+            }
+        }
+    }
+
+    /// Turns a file's documents into specs, checking them against the
+    /// catalog; also returns each spec's line.
+    fn specs_of(
+        &self,
+        display: &str,
+        docs: &[DesiredDoc],
+    ) -> Result<(Vec<InstanceSpec>, Vec<u64>), YamlError> {
+        let at = |line: u64, message: String| YamlError {
+            file: display.to_string(),
+            line: Some(line),
+            message,
+        };
+        let mut specs = Vec::with_capacity(docs.len());
+        let mut lines = Vec::with_capacity(docs.len());
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        for doc in docs {
+            let pattern = self
+                .catalog
+                .get(&doc.pattern)
+                .ok_or_else(|| at(doc.line, format!("unknown pattern {:?}", doc.pattern)))?;
+            let key = doc
+                .key(pattern.isolation)
+                .map_err(|e| at(doc.line, e.to_string()))?;
+            let spec = InstanceSpec::new(key, doc.config.clone(), doc.grace_period)
+                .map_err(|e| at(doc.line, e.to_string()))?;
+            let id = spec.key.process_id();
+            if let Some(first) = seen.insert(id.clone(), doc.line) {
+                return Err(at(
+                    doc.line,
+                    format!("{id} is declared twice in this file (first at line {first})"),
+                ));
+            }
+            specs.push(spec);
+            lines.push(doc.line);
+        }
+        Ok((specs, lines))
+    }
+
+    /// A circuit-broken instance whose declaration changed starts again.
+    fn reopen_circuit(&mut self, id: &str) {
+        if let Some(o) = self.observed.get_mut(id)
+            && o.phase == Phase::Failed
+            && self.desired.get(id).is_some()
+        {
+            tracing::info!("{id}: declaration changed, circuit closed");
+            o.phase = Phase::Exited;
+            o.consecutive_failures = 0;
+            o.restart_now = true;
+        }
+    }
+
+    fn reload_catalog(&mut self) {
+        let (next, errors) = self.catalog.reload(&self.cfg.patterns_dir);
+        for p in next.iter() {
+            match self.catalog.get(&p.name) {
+                None => tracing::info!(
+                    "Discovered pattern: {} (version: {}, isolation: {})",
+                    p.name,
+                    p.version,
+                    p.isolation
+                ),
+                Some(old) if **old != **p => tracing::info!(
+                    "pattern {} changed (version: {}): its instances restart{}",
+                    p.name,
+                    p.version,
+                    if self.cfg.plan.rolling_restart {
+                        " one at a time"
+                    } else {
+                        ""
+                    }
+                ),
+                Some(_) => {}
+            }
+        }
+        for old in self.catalog.iter() {
+            if next.get(&old.name).is_none() {
+                let running = self
+                    .observed
+                    .values()
+                    .filter(|o| o.spec.key.pattern == old.name)
+                    .count();
+                tracing::warn!(
+                    "pattern {} removed: its {running} instances keep running; new launches get NOT_FOUND",
+                    old.name
+                );
+            }
+        }
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        for e in &errors {
+            if !self.catalog_errors.contains(e) {
+                tracing::error!("{e}");
+            }
+        }
+        self.catalog_errors = errors;
+        self.catalog = next;
+        // A file may name a pattern that just appeared, or rely on a
+        // manifest's isolation level that just changed.
+        let names: Vec<String> = self.files.keys().cloned().collect();
+        for name in names {
+            self.apply_file(&name);
+        }
+        self.sources_dirty = true;
     }
 
     // ----- commands ---------------------------------------------------
@@ -543,9 +1066,11 @@ impl Controller {
         &mut self,
         id: &str,
         epoch: u64,
-        status: std::io::Result<std::process::ExitStatus>,
+        status: Result<std::process::ExitStatus, String>,
         now: Instant,
     ) {
+        let oom_now = self.cfg.cgroups.oom_kills(id);
+        let cgroups = self.cfg.cgroups.clone();
         let log = logs::log_path(&self.logs_dir, id);
         let offset = self.log_offsets.get(id).copied().unwrap_or(0);
         let Some(o) = Self::current(&mut self.observed, id, epoch) else {
@@ -554,14 +1079,25 @@ impl Controller {
         let Some(proc_info) = o.process.take() else {
             return;
         };
-        // Whatever the group leader left behind in its group goes with it.
+        // Whatever the main process left behind goes with it: its process
+        // group, and everything in its cgroup (setsid, double fork).
         if let Err(e) = signal_group(proc_info.pid, Signal::SIGKILL) {
             tracing::warn!("{id}: cannot kill process group {}: {e}", proc_info.pid);
         }
-        let how = match status {
+        if let Err(e) = cgroups.kill_all(id) {
+            tracing::warn!("{id}: cannot kill what is left in its cgroup: {e}");
+        }
+        let mut how = match status {
             Ok(s) => describe_exit(s),
-            Err(e) => format!("wait failed: {e}"),
+            Err(e) => e,
         };
+        if oom_now > o.oom_kills_before {
+            how = format!(
+                "OOM-killed: the kernel killed it for exceeding its memory limit of {} bytes ({how})",
+                o.pattern.resources.memory_limit.unwrap_or(0)
+            );
+            o.oom_kills_before = oom_now;
+        }
         let stopping = o.stopping.take();
         o.healthy_since = None;
         o.probe_failures = 0;
@@ -608,6 +1144,7 @@ impl Controller {
                 o.phase = Phase::Exited;
             }
         }
+        self.table_dirty = true;
         self.touch(id);
     }
 
@@ -631,9 +1168,12 @@ impl Controller {
                         s.killed = true;
                     }
                     if let Some(p) = o.process {
-                        tracing::warn!("{process_id}: grace period over, sending SIGKILL");
+                        tracing::warn!("{process_id}: sending SIGKILL to pid {}", p.pid);
                         if let Err(e) = signal_group(p.pid, Signal::SIGKILL) {
                             tracing::error!("{process_id}: SIGKILL failed: {e}");
+                        }
+                        if let Err(e) = self.cfg.cgroups.kill_all(&process_id) {
+                            tracing::error!("{process_id}: cgroup kill failed: {e}");
                         }
                     }
                     self.touch(&process_id);
@@ -661,6 +1201,10 @@ impl Controller {
             Action::Forget { process_id } => {
                 if let Some(o) = self.observed.remove(&process_id) {
                     self.ports.release(o.ports);
+                    if let Err(e) = self.cfg.cgroups.remove(&process_id) {
+                        tracing::warn!("{process_id}: cannot remove its cgroup: {e}");
+                    }
+                    self.table_dirty = true;
                     self.echo
                         .untrack(logs::log_path(&self.logs_dir, &process_id));
                     self.log_offsets.remove(&process_id);
@@ -705,6 +1249,14 @@ impl Controller {
         if let Err(e) = signal_group(p.pid, sig) {
             tracing::error!("{id}: cannot signal process group {}: {e}", p.pid);
         }
+        // Processes that left the group (setsid) are still in the cgroup.
+        for pid in self.cfg.cgroups.pids(id) {
+            if let Ok(raw) = i32::try_from(pid)
+                && raw > 1
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
+            }
+        }
         o.phase = Phase::Terminating;
         o.stopping = Some(Stopping {
             reason,
@@ -739,6 +1291,17 @@ impl Controller {
         let offset = logs::log_len(&log);
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        let limits = Limits {
+            cpu: pattern.resources.cpu_limit,
+            memory: pattern.resources.memory_limit,
+        };
+        let mut limits_text = self.limits_text(&pattern);
+        if let Err(e) = self.cfg.cgroups.create(id, limits) {
+            tracing::error!("{id}: cannot set up its cgroup: {e}");
+            limits_text = format!("NOT ENFORCED: cannot set up the cgroup: {e}");
+        }
+        let oom_before = self.cfg.cgroups.oom_kills(id);
+        let cgroups = self.cfg.cgroups.clone();
         let Some(o) = self.observed.get_mut(id) else {
             return;
         };
@@ -754,9 +1317,18 @@ impl Controller {
         o.stopping = None;
         o.probe_failures = 0;
         o.healthy_since = None;
+        o.oom_kills_before = oom_before;
         match spawn::spawn(id, &o.spec, &pattern, o.ports, &log) {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
+                // Moved right after the spawn: the child is still exec'ing
+                // the pattern, long before it can fork.
+                if let Err(e) = cgroups.add(id, pid) {
+                    tracing::error!("{id}: cannot move pid {pid} into its cgroup: {e}");
+                    limits_text =
+                        format!("NOT ENFORCED: cannot move the process into its cgroup: {e}");
+                }
+                o.limits = limits_text;
                 tracing::info!(
                     "{id}: started pid {pid} (grpc port {}, health port {})",
                     o.ports.grpc,
@@ -767,20 +1339,16 @@ impl Controller {
                     pid,
                     epoch,
                     started_at: now,
+                    start_time: table::start_time(pid).unwrap_or(0),
                 });
-                let target = ProbeTarget {
-                    url: format!("http://127.0.0.1:{}{}", o.ports.health, pattern.health.path),
-                    interval: pattern.health.interval,
-                    timeout: pattern.health.timeout,
-                };
                 let pid_key: Arc<str> = Arc::from(id);
                 self.log_offsets.insert(id.to_string(), offset);
                 self.echo.track(log, pid_key.clone());
                 tokio::spawn(supervise(
-                    child,
+                    Exit::Child(child),
                     pid_key,
                     epoch,
-                    target,
+                    probe_target(&pattern, o.ports),
                     self.client.clone(),
                     self.events_tx.clone(),
                 ));
@@ -795,6 +1363,7 @@ impl Controller {
                 o.restart_jitter = rand::random::<f64>();
             }
         }
+        self.table_dirty = true;
         self.touch(id);
     }
 }

@@ -44,6 +44,8 @@ pub struct InstanceStatus {
     pub failed_starts: u64,
     /// Who declares it (`api`, `desired/<file>`); empty when nobody does.
     pub source: String,
+    /// How its limits are enforced, or why not.
+    pub limits: String,
 }
 
 impl InstanceStatus {
@@ -66,6 +68,7 @@ impl InstanceStatus {
             restart_count: o.restart_count,
             failed_starts: o.failed_starts,
             source,
+            limits: o.limits.clone(),
         }
     }
 
@@ -75,9 +78,35 @@ impl InstanceStatus {
     }
 }
 
-/// Every instance, by process_id.
+/// What kind of file a source is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A desired-state file.
+    Desired,
+    /// A pattern manifest.
+    Manifest,
+}
+
+/// One desired-state file or manifest, for ListSources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// Which kind.
+    pub kind: SourceKind,
+    /// `desired/<file>` or the manifest's path.
+    pub path: String,
+    /// Why its current content is refused (the last good one stays).
+    pub error: Option<crate::spec::yaml::YamlError>,
+    /// Instances a desired file declares (in force).
+    pub process_ids: Vec<String>,
+    /// The pattern a manifest defines.
+    pub pattern: String,
+}
+
+/// Every instance, by process_id, and every source.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Instances in process_id order.
     pub instances: BTreeMap<String, Arc<InstanceStatus>>,
+    /// Desired files (by name), then manifests (by path).
+    pub sources: Arc<Vec<SourceStatus>>,
 }

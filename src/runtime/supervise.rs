@@ -18,8 +18,9 @@ pub enum ProcEvent {
         process_id: Arc<str>,
         /// Which spawn.
         epoch: u64,
-        /// How it ended.
-        status: std::io::Result<ExitStatus>,
+        /// How it ended; `Err` says why the status is unknown (an adopted
+        /// process is not our child, so its status cannot be read).
+        status: Result<ExitStatus, String>,
     },
     /// A probe result: the first success of a start, then every liveness
     /// failure and every recovery.
@@ -110,9 +111,44 @@ async fn probe_loop(
     }
 }
 
-/// Waits for the child's exit while probing it; reports both.
+/// How a supervisor learns that its process ended.
+pub enum Exit {
+    /// Our child: wait for it (tokio reaps it through a pidfd).
+    Child(tokio::process::Child),
+    /// Adopted from an earlier launcher: not our child; its pidfd becomes
+    /// readable when it ends.
+    Adopted(std::os::fd::OwnedFd),
+}
+
+impl Exit {
+    async fn wait(self) -> Result<ExitStatus, String> {
+        match self {
+            Exit::Child(mut child) => child.wait().await.map_err(|e| format!("wait failed: {e}")),
+            Exit::Adopted(fd) => {
+                // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it
+                // stays open and the same for the AsyncFd's whole life.
+                #[allow(unsafe_code)]
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                match registered {
+                    Ok(afd) => match afd.readable().await {
+                        Ok(_) => Err("exited (status unknown: adopted from an earlier launcher, not our child)".into()),
+                        Err(e) => Err(format!("cannot watch the adopted process: {e}")),
+                    },
+                    Err(e) => Err(format!("cannot watch the adopted process: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the process's exit while probing it; reports both.
 pub async fn supervise(
-    mut child: tokio::process::Child,
+    exit: Exit,
     process_id: Arc<str>,
     epoch: u64,
     target: ProbeTarget,
@@ -121,7 +157,7 @@ pub async fn supervise(
 ) {
     let probes = probe_loop(client, target, process_id.clone(), epoch, tx.clone());
     tokio::select! {
-        status = child.wait() => {
+        status = exit.wait() => {
             let _ = tx.send(ProcEvent::Exited { process_id, epoch, status });
         }
         () = probes => {}

@@ -118,6 +118,9 @@ pub struct Pattern {
     pub resources: Resources,
     /// Extra environment.
     pub environment: BTreeMap<String, String>,
+    /// Hash of the executable's content (filled in by the catalog; 0 when
+    /// unknown). A rebuilt executable changes the pattern.
+    pub exe_hash: u64,
 }
 
 fn at<T>(file: &str, s: &Spanned<T>, message: String) -> YamlError {
@@ -249,6 +252,7 @@ pub fn parse_manifest(text: &str, display: &str, dir: &Path) -> Result<Pattern, 
         health,
         resources,
         environment,
+        exe_hash: 0,
     })
 }
 

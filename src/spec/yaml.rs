@@ -80,9 +80,12 @@ fn convert(e: &serde_saphyr::Error, text: &str, display: &str) -> YamlError {
     let full = e.to_string();
     let first = full.lines().next().unwrap_or_default();
     // The parser prefixes "error: line L column C: "; the line is ours to show.
+    let first = first.trim_start_matches("error: ");
     let message = match first.find(": ") {
-        Some(i) if first.starts_with("error: line") => first[i + 2..].to_string(),
-        _ => first.trim_start_matches("error: ").to_string(),
+        Some(i) if first.starts_with("line ") && first[..i].contains(" column ") => {
+            first[i + 2..].to_string()
+        }
+        _ => first.to_string(),
     };
     let key = line.and_then(|l| key_at_line(text, l));
     let message = match key {
@@ -126,6 +129,7 @@ mod tests {
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("port"), "{e}");
         assert!(e.to_string().starts_with("x.yaml:2: "), "{e}");
+        assert!(!e.message.contains("column"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,1651 @@
+//! Directory watchers feeding the controller: [`watch_desired`] reports
+//! each desired-state file whose content changed, [`watch_patterns`] says
+//! "look at the patterns again" when anything there changed.
+//!
+//! Each watcher is one thread of its own (so reading and parsing never
+//! block the async runtime; only the receivers are tokio's), woken by
+//! inotify (through `notify`) for speed and backed by a periodic full
+//! rescan that repairs whatever a lost event, an inotify overflow or a
+//! watch that could not be created missed. A watcher stops soon after its
+//! receiver is dropped.
+//!
+//! The watchers only read: they never write, create or lock a file (the
+//! desired watcher's ordering barrier is a read-only open of the directory
+//! it watches), and they never decide what a file means for the desired set
+//! or the catalog; that is the controller's.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::fs::{File, Metadata, OpenOptions};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Read as _;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::desired::files::{DesiredDoc, is_candidate, parse_desired};
+use crate::spec::yaml::{MAX_FILE_BYTES, YamlError};
+
+/// How long a file must stay untouched after a plain modification (or a
+/// creation) before it is read, when no close-after-write says the writer
+/// is done.
+pub const QUIET: Duration = Duration::from_millis(100);
+
+/// The same, for a file some writer opened (created or wrote to) and has
+/// not closed yet: a writer that pauses mid-file is given this long.
+pub const WRITER_QUIET: Duration = Duration::from_secs(1);
+
+/// [`watch_patterns`] sends at the latest this long after the first of a
+/// stream of changes, even when the stream never goes quiet (a pattern
+/// writing into its own directory, say).
+pub const MAX_COALESCE: Duration = Duration::from_secs(1);
+
+/// Shortest rescan interval honoured (a zero interval would spin).
+const MIN_RESCAN: Duration = Duration::from_millis(10);
+
+/// Longest a watcher sleeps before checking that its receiver still lives.
+const LIVENESS: Duration = Duration::from_millis(500);
+
+/// Most raw events handled in a row before timers and rescans get a turn.
+const MAX_BATCH: usize = 4096;
+
+/// [`FileEvent::Synced`] comes at the latest this long after start, even
+/// if a file that was there keeps being written and is not reported yet.
+pub const SYNC_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Longest wait for the desired watcher's ordering barrier (normally
+/// microseconds; only a stalled notify thread makes it this long).
+const BARRIER_WAIT: Duration = Duration::from_secs(1);
+
+/// What [`watch_desired`] reports about one file of the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileEvent {
+    /// A candidate file's content is new or changed since it was last
+    /// reported (or it could not be read, or no longer can).
+    Changed {
+        /// File name inside the directory.
+        name: String,
+        /// Its documents, or why they cannot be had (read or parse error,
+        /// naming the file and, where known, the line).
+        result: Result<Vec<DesiredDoc>, YamlError>,
+    },
+    /// A file that was reported before is gone (deleted, or renamed away).
+    Removed {
+        /// File name inside the directory.
+        name: String,
+    },
+    /// Sent once, after the events of the first full scan: from here on
+    /// the receiver has seen every file that was there at start (a file
+    /// modified just before start is waited for, up to [`SYNC_PATIENCE`]).
+    Synced,
+}
+
+/// Watches the desired-state directory `dir` (not recursively) and reports
+/// every candidate file ([`is_candidate`]) once at start, then each change
+/// of content and each removal. The last event for a name always reflects
+/// what the directory holds once it is quiet. A file written in place is
+/// read once its writer closes it (or after [`QUIET`] / [`WRITER_QUIET`]
+/// without a close); a file renamed into place is read at once. A read
+/// that a writer may have overlapped is dropped and made again, so a file
+/// caught half-written is not reported; an empty file (which may be one a
+/// writer has just truncated) is reported once it has stayed empty for
+/// [`WRITER_QUIET`]. Read errors (permission, size, not
+/// UTF-8, not a regular file) come as `Changed` with an error, like parse
+/// errors. A file modified less than [`QUIET`] before start is reported a
+/// little after the others. The directory need not exist: it is watched
+/// from the rescan that finds it.
+pub fn watch_desired(dir: PathBuf, rescan_every: Duration) -> UnboundedReceiver<FileEvent> {
+    let (tx, rx) = unbounded_channel();
+    let spawned = std::thread::Builder::new()
+        .name("watch-desired".into())
+        .spawn(move || DesiredWatcher::new(dir, tx).run(rescan_every.max(MIN_RESCAN)));
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the desired-state watcher: {e}");
+    }
+    rx
+}
+
+/// Watches the patterns directory `dir` and its sub-directories (so
+/// everything down to `dir/<pattern>/<file>`) and sends `()` after any
+/// change has been followed by [`QUIET`] (at most [`MAX_COALESCE`] after
+/// the first change), many changes making one `()`. Every `rescan_every` it
+/// also compares a fingerprint of the tree (names, sizes, mtimes of the
+/// files of each pattern directory) and sends `()` when it changed, which
+/// repairs lost events. Opening, reading or executing files sends nothing.
+///
+/// The watches are in place when this returns, so a caller that discovers
+/// the patterns afterwards misses no change.
+pub fn watch_patterns(dir: PathBuf, rescan_every: Duration) -> UnboundedReceiver<()> {
+    let (tx, rx) = unbounded_channel();
+    let watcher = PatternsWatcher::new(dir, tx);
+    let spawned = std::thread::Builder::new()
+        .name("watch-patterns".into())
+        .spawn(move || watcher.run(rescan_every.max(MIN_RESCAN)));
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the patterns watcher: {e}");
+    }
+    rx
+}
+
+// ---------------------------------------------------------------------------
+// inotify, shared by both watchers
+
+type Raw = notify::Result<Event>;
+
+/// One inotify instance and the queue its events arrive on.
+struct Inotify {
+    watcher: Option<RecommendedWatcher>,
+    rx: mpsc::Receiver<Raw>,
+    /// Kept so that `rx` never reports a disconnection, even without a
+    /// watcher.
+    _tx: mpsc::Sender<Raw>,
+}
+
+impl Inotify {
+    fn new(what: &Path) -> Inotify {
+        let (tx, rx) = mpsc::channel();
+        let cb = tx.clone();
+        let watcher = match notify::recommended_watcher(move |r: Raw| {
+            let _ = cb.send(r);
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot create a file watcher for {} ({e}); relying on periodic rescans",
+                    what.display()
+                );
+                None
+            }
+        };
+        Inotify {
+            watcher,
+            rx,
+            _tx: tx,
+        }
+    }
+
+    /// Watches `path` (not recursively).
+    fn watch(&mut self, path: &Path) -> Result<(), String> {
+        match &mut self.watcher {
+            Some(w) => w
+                .watch(path, RecursiveMode::NonRecursive)
+                .map_err(|e| e.to_string()),
+            None => Err("no file watcher".into()),
+        }
+    }
+
+    /// Stops watching `path` (quietly: it may be gone already).
+    fn unwatch(&mut self, path: &Path) {
+        if let Some(w) = &mut self.watcher {
+            let _ = w.unwatch(path);
+        }
+    }
+
+    /// The next event, waiting until `deadline` at most.
+    fn recv_until(&self, deadline: Instant) -> Option<Raw> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.rx.recv_timeout(wait).ok()
+    }
+
+    /// Events already queued, without waiting.
+    fn ready(&self) -> impl Iterator<Item = Raw> + '_ {
+        self.rx.try_iter().take(MAX_BATCH)
+    }
+}
+
+/// Identity of a directory, to notice one deleted and created again.
+fn dir_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .filter(Metadata::is_dir)
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Keeps a watch on one directory, re-establishing it when the directory
+/// appears or is replaced; warns once per distinct failure.
+struct DirWatch {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+    warned: Option<String>,
+}
+
+impl DirWatch {
+    fn new(path: PathBuf) -> DirWatch {
+        DirWatch {
+            path,
+            id: None,
+            warned: None,
+        }
+    }
+
+    /// Makes sure the watch is on the directory now at `path`.
+    fn ensure(&mut self, inotify: &mut Inotify) {
+        let now = dir_id(&self.path);
+        if now.is_some() && now == self.id {
+            return;
+        }
+        if self.id.is_some() {
+            inotify.unwatch(&self.path);
+            self.id = None;
+        }
+        let result = match now {
+            None => Err("not a directory (yet)".to_string()),
+            Some(_) => inotify.watch(&self.path),
+        };
+        match result {
+            Ok(()) => {
+                if self.warned.take().is_some() {
+                    tracing::info!("watching {} again", self.path.display());
+                }
+                self.id = now;
+            }
+            Err(e) => {
+                if self.warned.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(
+                        "cannot watch {} ({e}); relying on periodic rescans",
+                        self.path.display()
+                    );
+                    self.warned = Some(e);
+                }
+            }
+        }
+    }
+}
+
+fn absolute(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+// ---------------------------------------------------------------------------
+// desired/
+
+/// What was last reported for a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// Text with this hash.
+    Content(u64),
+    /// A read error with this message.
+    Failed(String),
+}
+
+/// Metadata that changes whenever the file's content may have: a rescan
+/// skips reading a file whose metadata is what it was when last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Known {
+    seen: Seen,
+    id: Option<FileId>,
+}
+
+/// A file as it is now.
+enum Contents {
+    /// No such file.
+    Absent,
+    /// The file, read or not.
+    Got {
+        /// Its metadata when it could be opened.
+        id: Option<FileId>,
+        /// Whether it was opened (which inotify reports).
+        opened: bool,
+        text: Result<String, YamlError>,
+    },
+}
+
+/// Reads a desired-state file like [`crate::spec::yaml::read_limited`]
+/// does, but without ever blocking: the file is opened non-blocking and
+/// must be a regular file (a FIFO named `x.yaml` would hang a plain open).
+fn read_file(path: &Path, display: &str) -> Contents {
+    let failed = |id, opened, message: String| Contents::Got {
+        id,
+        opened,
+        text: Err(YamlError::file(display, message)),
+    };
+    let file: File = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Contents::Absent;
+        }
+        Err(e) => return failed(None, false, e.to_string()),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return failed(None, true, e.to_string()),
+    };
+    if !meta.is_file() {
+        return failed(None, true, "not a regular file".into());
+    }
+    let id = Some(FileId::of(&meta));
+    let mut buf = Vec::new();
+    if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf) {
+        return failed(id, true, e.to_string());
+    }
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return failed(
+            id,
+            true,
+            format!("file is larger than the limit of {MAX_FILE_BYTES} bytes"),
+        );
+    }
+    match String::from_utf8(buf) {
+        Ok(text) => Contents::Got {
+            id,
+            opened: true,
+            text: Ok(text),
+        },
+        Err(e) => failed(id, true, format!("not UTF-8: {e}")),
+    }
+}
+
+fn hash_text(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// True when the file was modified less than `within` ago (a timestamp in
+/// the future counts as old, or it would be deferred forever).
+fn modified_within(m: &Metadata, within: Duration) -> bool {
+    m.modified()
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age < within)
+}
+
+/// Why a file is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Why {
+    /// An event (or the end of its quiet period) says it changed: read it.
+    Event,
+    /// A rescan: read it only if its metadata changed since it was last
+    /// read, and not while it may be being written.
+    Rescan,
+}
+
+/// The desired-state watcher's state machine.
+///
+/// Each turn of [`DesiredWatcher::run`]:
+/// 1. waits for an inotify event, the end of a quiet period, a rescan or
+///    the liveness check, whichever comes first;
+/// 2. absorbs every queued event ([`DesiredWatcher::absorb`]): a finished
+///    write, a rename or a removal queues the file to be read now; a
+///    creation or a write in progress (re)starts its quiet period;
+/// 3. collects the files to read: those queued, those whose quiet period
+///    ended, and on a rescan every candidate and every file known before;
+/// 4. reads them, then waits for the ordering barrier
+///    ([`DesiredWatcher::barrier`]) so that every event generated before
+///    the reads has been absorbed, drops the reads of files those events
+///    touched (a new writer may have caught them half-written; their own
+///    events bring them back), and reports the rest whose content differs
+///    from what was last reported.
+struct DesiredWatcher {
+    /// Absolute path of the directory (event paths are absolute).
+    dir: PathBuf,
+    /// The directory as the caller named it, for messages.
+    shown: PathBuf,
+    out: UnboundedSender<FileEvent>,
+    /// What was last reported, by name.
+    known: HashMap<String, Known>,
+    /// Files to read at the next turn.
+    now: HashSet<String>,
+    /// Files waiting for their quiet period to end, with its end.
+    pending: HashMap<String, Instant>,
+    /// The same ends in time order; entries that `pending` no longer holds
+    /// are stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Files some writer created or wrote to and has not closed yet.
+    writing: HashSet<String>,
+    /// Opens of files by the watcher's own reads whose events have not
+    /// been seen yet, by name.
+    own_opens: HashMap<String, u32>,
+    /// A full rescan is wanted at the next turn.
+    rescan: bool,
+    /// How many times events were lost.
+    lost: u64,
+    /// Times the watcher opened the directory itself (listing it, or as
+    /// the barrier), and open events seen on it (anyone's): see
+    /// [`DesiredWatcher::barrier`].
+    dir_opens: u64,
+    dir_opens_seen: u64,
+    /// Last failure to list the directory, to warn once.
+    list_warned: Option<String>,
+    /// The barrier timed out before (warned once).
+    barrier_warned: bool,
+}
+
+impl DesiredWatcher {
+    fn new(dir: PathBuf, out: UnboundedSender<FileEvent>) -> DesiredWatcher {
+        DesiredWatcher {
+            dir: absolute(&dir),
+            shown: dir,
+            out,
+            known: HashMap::new(),
+            now: HashSet::new(),
+            pending: HashMap::new(),
+            timers: BinaryHeap::new(),
+            writing: HashSet::new(),
+            own_opens: HashMap::new(),
+            rescan: true,
+            lost: 0,
+            dir_opens: 0,
+            dir_opens_seen: 0,
+            list_warned: None,
+            barrier_warned: false,
+        }
+    }
+
+    /// The watcher's life: watch, scan once, then turn until the receiver
+    /// is dropped.
+    fn run(mut self, rescan_every: Duration) {
+        let mut inotify = Inotify::new(&self.shown);
+        let mut watch = DirWatch::new(self.dir.clone());
+        watch.ensure(&mut inotify);
+        let mut next_rescan = Instant::now();
+        // The files of the first scan not reported yet (those modified just
+        // before start wait for their quiet period); `None` once synced.
+        let mut initial: Option<HashSet<String>> = None;
+        let mut synced = false;
+        let sync_by = Instant::now() + SYNC_PATIENCE;
+        while !self.out.is_closed() {
+            let wake = if self.now.is_empty() && !self.rescan {
+                let mut wake = next_rescan.min(Instant::now() + LIVENESS);
+                if let Some(t) = self.next_timer() {
+                    wake = wake.min(t);
+                }
+                wake
+            } else {
+                Instant::now()
+            };
+            if let Some(raw) = inotify.recv_until(wake) {
+                let mut touched = HashSet::new();
+                self.absorb(raw, &mut touched);
+                for raw in inotify.ready() {
+                    self.absorb(raw, &mut touched);
+                }
+            }
+
+            let mut todo: HashMap<String, Why> =
+                self.now.drain().map(|n| (n, Why::Event)).collect();
+            for name in self.take_due(Instant::now()) {
+                todo.insert(name, Why::Event);
+            }
+            if self.rescan || Instant::now() >= next_rescan {
+                self.rescan = false;
+                watch.ensure(&mut inotify);
+                let listed = self.rescan_list();
+                if !synced && initial.is_none() {
+                    initial = Some(listed.iter().cloned().collect());
+                }
+                for name in listed {
+                    todo.entry(name).or_insert(Why::Rescan);
+                }
+                next_rescan = Instant::now() + rescan_every;
+            }
+            let watched = watch.id.is_some() && inotify.watcher.is_some();
+            self.look(todo, &inotify, watched);
+            if let Some(names) = &mut initial {
+                names.retain(|n| self.now.contains(n) || self.pending.contains_key(n));
+                if names.is_empty() || Instant::now() >= sync_by {
+                    initial = None;
+                    synced = true;
+                    let _ = self.out.send(FileEvent::Synced);
+                }
+            }
+        }
+    }
+
+    /// What one inotify event means; records in `touched` each file it
+    /// concerns (beyond being opened or read).
+    fn absorb(&mut self, raw: Raw, touched: &mut HashSet<String>) {
+        let ev = match raw {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(
+                    "file watcher error on {} ({e}); rescanning",
+                    self.shown.display()
+                );
+                self.lose_events();
+                return;
+            }
+        };
+        if ev.need_rescan() {
+            self.lose_events();
+        }
+        for path in &ev.paths {
+            if path == &self.dir {
+                match ev.kind {
+                    EventKind::Access(AccessKind::Open(_)) => self.dir_opens_seen += 1,
+                    EventKind::Access(_) => {}
+                    // Deleted, moved: the rescan re-establishes the watch
+                    // and reports what is gone.
+                    _ => self.rescan = true,
+                }
+                continue;
+            }
+            if path.parent() != Some(self.dir.as_path()) {
+                continue;
+            }
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if !is_candidate(name) {
+                continue;
+            }
+            match ev.kind {
+                // Our own reads open files; those opens mean nothing.
+                EventKind::Access(AccessKind::Open(_)) if self.own_open_seen(name) => continue,
+                // Someone else opened the file, maybe to write it: a read
+                // made from now on may catch it half-written, so wait for
+                // the writer's events (or a quiet period, for a reader).
+                EventKind::Access(AccessKind::Open(_)) => {
+                    if self.now.remove(name) {
+                        self.schedule(name, Instant::now() + QUIET);
+                    }
+                }
+                // Reads change nothing; notify follows each rename's `To`
+                // with a `Both` that repeats it.
+                EventKind::Access(AccessKind::Read | AccessKind::Close(AccessMode::Read))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                    continue;
+                }
+                // The writer is done, the file was renamed into or out of
+                // place, or removed: look now.
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(_))
+                | EventKind::Remove(_) => {
+                    self.writing.remove(name);
+                    self.pending.remove(name);
+                    self.now.insert(name.to_string());
+                }
+                // A writer is at work: wait for its close.
+                EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => {
+                    self.writing.insert(name.to_string());
+                    self.now.remove(name);
+                    self.schedule(name, Instant::now() + WRITER_QUIET);
+                }
+                // Metadata, a directory, anything else: look when quiet.
+                _ => {
+                    let quiet = if self.writing.contains(name) {
+                        WRITER_QUIET
+                    } else {
+                        QUIET
+                    };
+                    self.schedule(name, Instant::now() + quiet);
+                }
+            }
+            touched.insert(name.to_string());
+        }
+    }
+
+    /// Events were lost (an inotify queue overflow): rescan, and expect no
+    /// more events of the watcher's own opens (they may be lost too).
+    fn lose_events(&mut self) {
+        self.lost += 1;
+        self.rescan = true;
+        self.own_opens.clear();
+        self.dir_opens_seen = self.dir_opens_seen.max(self.dir_opens);
+    }
+
+    /// Counts off one open of `name` by the watcher itself; false when none
+    /// is outstanding (someone else opened it).
+    fn own_open_seen(&mut self, name: &str) -> bool {
+        match self.own_opens.get_mut(name) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.own_opens.remove(name);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn schedule(&mut self, name: &str, at: Instant) {
+        self.pending.insert(name.to_string(), at);
+        self.timers.push(Reverse((at, name.to_string())));
+    }
+
+    /// The end of the earliest quiet period still pending.
+    fn next_timer(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, name))) = self.timers.peek() {
+            if self.pending.get(name) == Some(at) {
+                return Some(*at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// The files whose quiet period has ended.
+    fn take_due(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        while let Some(at) = self.next_timer() {
+            if at > now {
+                break;
+            }
+            let Some(Reverse((_, name))) = self.timers.pop() else {
+                break;
+            };
+            self.pending.remove(&name);
+            // A writer silent this long is taken to be done.
+            self.writing.remove(&name);
+            due.push(name);
+        }
+        due
+    }
+
+    /// Every candidate in the directory and every file reported before,
+    /// except those waiting for a quiet period.
+    fn rescan_list(&mut self) -> Vec<String> {
+        let mut names: HashSet<String> = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => {
+                self.dir_opens += 1;
+                self.list_warned = None;
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| is_candidate(n))
+                    .collect()
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.list_warned.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("cannot list {}: {e}", self.shown.display());
+                    self.list_warned = Some(e);
+                }
+                HashSet::new()
+            }
+        };
+        names.extend(self.known.keys().cloned());
+        names.retain(|n| !self.pending.contains_key(n));
+        names.into_iter().collect()
+    }
+
+    /// Reads the files of `todo`, drops the reads that events arriving
+    /// meanwhile make doubtful, and reports the rest that changed.
+    /// `watched`: inotify watches the directory (else no event can come).
+    fn look(&mut self, todo: HashMap<String, Why>, inotify: &Inotify, watched: bool) {
+        let mut todo: Vec<(String, Why)> = todo.into_iter().collect();
+        todo.sort();
+        let mut reads = Vec::with_capacity(todo.len());
+        for (name, why) in todo {
+            if let Some(contents) = self.read(&name, why) {
+                reads.push((name, contents));
+            }
+        }
+        if reads.is_empty() {
+            return;
+        }
+        let mut touched = HashSet::new();
+        let trusted = !watched || self.barrier(inotify, &mut touched);
+        // Every event of the watcher's own opens has come by now, or never
+        // will (merged into another open, or lost).
+        self.own_opens.clear();
+        if !trusted {
+            // Events were lost: none of the reads can be trusted, and the
+            // rescan that follows reads everything again.
+            return;
+        }
+        for (name, contents) in reads {
+            if !touched.contains(&name) && self.settled(&name, &contents) {
+                self.commit(&name, contents);
+            } else if !self.now.contains(&name) && !self.pending.contains_key(&name) {
+                // Nothing else may bring it back (its events may have been
+                // absorbed already, or were only an open).
+                self.schedule(&name, Instant::now() + QUIET);
+            }
+        }
+    }
+
+    /// Last checks of a read that no event put in doubt, for writers whose
+    /// events inotify has not delivered yet (the kernel queues a write's
+    /// event after the data, and merges an open of a file into the
+    /// watcher's own open of it just before): the file must not have
+    /// changed since it was read, and an empty file written less than
+    /// [`WRITER_QUIET`] ago is more likely truncated by a writer about to
+    /// fill it than meant to be empty (an empty file stops every instance
+    /// the file declared: worth a second's wait).
+    fn settled(&self, name: &str, contents: &Contents) -> bool {
+        let Contents::Got {
+            id: Some(id), text, ..
+        } = contents
+        else {
+            return true;
+        };
+        let Ok(now) = std::fs::metadata(self.dir.join(name)) else {
+            return false;
+        };
+        if FileId::of(&now) != *id {
+            return false;
+        }
+        let blank = matches!(text, Ok(t) if t.trim().is_empty());
+        !(blank && modified_within(&now, WRITER_QUIET))
+    }
+
+    /// Waits until every event generated before now has been absorbed
+    /// (recording the files they touch), so that a read made before it
+    /// can be checked against them. Returns false when events were lost
+    /// (an inotify overflow) meanwhile.
+    ///
+    /// The barrier is the watcher opening the directory itself, read-only:
+    /// inotify queues the open event of the watched directory in order with
+    /// every other event, so once it arrives everything before it has too.
+    /// Others opening the directory meanwhile can only end the wait early
+    /// (back to a best effort), never make it hang; a notify thread that
+    /// stalls for [`BARRIER_WAIT`] is not waited for.
+    fn barrier(&mut self, inotify: &Inotify, touched: &mut HashSet<String>) -> bool {
+        // Events of the directory's own earlier opens (listing it) may
+        // still be on their way: they must not count as the barrier's.
+        let in_flight = self.dir_opens.saturating_sub(self.dir_opens_seen);
+        let target = self.dir_opens_seen + in_flight + 1;
+        let lost = self.lost;
+        if File::open(&self.dir).is_err() {
+            for raw in inotify.ready() {
+                self.absorb(raw, touched);
+            }
+            return self.lost == lost;
+        }
+        self.dir_opens += 1;
+        let deadline = Instant::now() + BARRIER_WAIT;
+        while self.dir_opens_seen < target && self.lost == lost {
+            let Some(raw) = inotify.recv_until(deadline) else {
+                if !self.barrier_warned {
+                    tracing::warn!(
+                        "file watcher on {} lags more than {BARRIER_WAIT:?}",
+                        self.shown.display()
+                    );
+                    self.barrier_warned = true;
+                }
+                // Count what never came as seen, so later barriers wait
+                // for their own open only.
+                self.dir_opens_seen = target;
+                break;
+            };
+            self.absorb(raw, touched);
+        }
+        self.lost == lost
+    }
+
+    /// The file as it is now; `None` when a rescan need not read it (its
+    /// metadata is unchanged, or it was modified too recently, in which
+    /// case its quiet period starts).
+    fn read(&mut self, name: &str, why: Why) -> Option<Contents> {
+        let path = self.dir.join(name);
+        if why == Why::Rescan
+            && let Ok(m) = std::fs::metadata(&path)
+            && m.is_file()
+        {
+            let unchanged = self
+                .known
+                .get(name)
+                .is_some_and(|k| k.id == Some(FileId::of(&m)));
+            if unchanged {
+                return None;
+            }
+            if modified_within(&m, QUIET) {
+                self.schedule(name, Instant::now() + QUIET);
+                return None;
+            }
+        }
+        let contents = read_file(&path, &self.display(name));
+        if let Contents::Got { opened: true, .. } = contents {
+            *self.own_opens.entry(name.to_string()).or_default() += 1;
+        }
+        Some(contents)
+    }
+
+    fn display(&self, name: &str) -> String {
+        self.shown.join(name).display().to_string()
+    }
+
+    /// Reports `contents` of `name` unless it is what was last reported.
+    fn commit(&mut self, name: &str, contents: Contents) {
+        match contents {
+            Contents::Absent => {
+                self.writing.remove(name);
+                if self.known.remove(name).is_some() {
+                    self.send(FileEvent::Removed {
+                        name: name.to_string(),
+                    });
+                }
+            }
+            Contents::Got { id, text, .. } => {
+                let seen = match &text {
+                    Ok(t) => Seen::Content(hash_text(t)),
+                    Err(e) => Seen::Failed(e.message.clone()),
+                };
+                if let Some(k) = self.known.get_mut(name)
+                    && k.seen == seen
+                {
+                    k.id = id;
+                    return;
+                }
+                self.known.insert(name.to_string(), Known { seen, id });
+                let display = self.display(name);
+                let result = text.and_then(|t| parse_desired(&t, &display));
+                self.send(FileEvent::Changed {
+                    name: name.to_string(),
+                    result,
+                });
+            }
+        }
+    }
+
+    fn send(&self, ev: FileEvent) {
+        // A closed receiver ends the loop at its next turn.
+        let _ = self.out.send(ev);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// patterns/
+
+struct PatternsWatcher {
+    root: DirWatch,
+    shown: PathBuf,
+    inotify: Inotify,
+    /// Watched pattern directories.
+    subdirs: HashMap<PathBuf, DirWatch>,
+    out: UnboundedSender<()>,
+    fingerprint: u64,
+    /// When the current quiet period ends.
+    due: Option<Instant>,
+    /// When the first change not yet sent was seen.
+    first: Option<Instant>,
+}
+
+impl PatternsWatcher {
+    /// Sets the watches and takes the first fingerprint.
+    fn new(dir: PathBuf, out: UnboundedSender<()>) -> PatternsWatcher {
+        let mut w = PatternsWatcher {
+            root: DirWatch::new(absolute(&dir)),
+            inotify: Inotify::new(&dir),
+            shown: dir,
+            subdirs: HashMap::new(),
+            out,
+            fingerprint: 0,
+            due: None,
+            first: None,
+        };
+        w.sync_watches();
+        w.fingerprint = fingerprint(&w.root.path);
+        w
+    }
+
+    fn run(mut self, rescan_every: Duration) {
+        let mut next_tick = Instant::now() + rescan_every;
+        while !self.out.is_closed() {
+            let mut wake = next_tick.min(Instant::now() + LIVENESS);
+            if let Some(due) = self.due {
+                wake = wake.min(due);
+            }
+            if let Some(first) = self.first {
+                wake = wake.min(first + MAX_COALESCE);
+            }
+            if let Some(raw) = self.inotify.recv_until(wake) {
+                let mut changed = self.relevant(&raw);
+                for raw in self.inotify.ready() {
+                    changed |= self.relevant(&raw);
+                }
+                if changed {
+                    let now = Instant::now();
+                    self.due = Some(now + QUIET);
+                    self.first.get_or_insert(now);
+                }
+            }
+            let now = Instant::now();
+            let quiet = self.due.is_some_and(|d| now >= d);
+            let overdue = self.first.is_some_and(|f| now >= f + MAX_COALESCE);
+            if quiet || overdue {
+                self.fire();
+            } else if now >= next_tick {
+                if self.due.is_none() {
+                    self.sync_watches();
+                    if fingerprint(&self.root.path) != self.fingerprint {
+                        self.fire();
+                    }
+                }
+                next_tick = Instant::now() + rescan_every;
+            }
+        }
+    }
+
+    /// True for an event that may change what discovery finds: anything
+    /// but opening, reading or closing a file that was only read.
+    fn relevant(&self, raw: &Raw) -> bool {
+        match raw {
+            Ok(ev) => {
+                ev.need_rescan()
+                    || matches!(
+                        ev.kind,
+                        EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    )
+                    || !matches!(ev.kind, EventKind::Access(_))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "file watcher error on {} ({e}); looking again",
+                    self.shown.display()
+                );
+                true
+            }
+        }
+    }
+
+    /// Sends one `()`, after updating the watches and the fingerprint (so
+    /// the discovery it triggers sees at least this state).
+    fn fire(&mut self) {
+        self.sync_watches();
+        self.fingerprint = fingerprint(&self.root.path);
+        self.due = None;
+        self.first = None;
+        let _ = self.out.send(());
+    }
+
+    /// Watches the root and each directory in it; drops the watches of
+    /// directories that went away.
+    fn sync_watches(&mut self) {
+        self.root.ensure(&mut self.inotify);
+        let now: HashSet<PathBuf> = pattern_dirs(&self.root.path).into_iter().collect();
+        let gone: Vec<PathBuf> = self
+            .subdirs
+            .keys()
+            .filter(|p| !now.contains(*p))
+            .cloned()
+            .collect();
+        for p in gone {
+            self.inotify.unwatch(&p);
+            self.subdirs.remove(&p);
+        }
+        for p in now {
+            self.subdirs
+                .entry(p.clone())
+                .or_insert_with(|| DirWatch::new(p))
+                .ensure(&mut self.inotify);
+        }
+    }
+}
+
+/// The directories directly in `root` (following symlinks, as discovery
+/// does), sorted.
+fn pattern_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A cheap summary of what discovery depends on: for each pattern
+/// directory, the name, size, mtime and inode of every entry in it.
+fn fingerprint(root: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    for dir in pattern_dirs(root) {
+        dir.hash(&mut h);
+        let mut entries: Vec<(std::ffi::OsString, Option<Metadata>)> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| (e.file_name(), std::fs::metadata(e.path()).ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, meta) in entries {
+            name.hash(&mut h);
+            if let Some(m) = meta {
+                (m.len(), m.mtime(), m.mtime_nsec(), m.ino(), m.mode()).hash(&mut h);
+            }
+        }
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Generous: the watchers answer in milliseconds, CI machines are slow.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// The next event, passing over [`FileEvent::Synced`] (tested on its own).
+    async fn next<T: 'static>(rx: &mut UnboundedReceiver<T>) -> T {
+        loop {
+            let v = match tokio::time::timeout(PATIENCE, rx.recv()).await {
+                Ok(Some(v)) => v,
+                Ok(None) => panic!("the watcher stopped"),
+                Err(_) => panic!("no event within {PATIENCE:?}"),
+            };
+            let synced = (&v as &dyn std::any::Any)
+                .downcast_ref::<FileEvent>()
+                .is_some_and(|e| matches!(e, FileEvent::Synced));
+            if !synced {
+                return v;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn synced_follows_the_files_present_at_start() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a.yaml"), doc("p", "a")).unwrap();
+        std::fs::write(t.path().join("b.yaml"), doc("p", "b")).unwrap();
+        let mut rx = watch_desired(t.path().to_path_buf(), Duration::from_secs(60));
+        let mut names = Vec::new();
+        loop {
+            match tokio::time::timeout(PATIENCE, rx.recv()).await {
+                Ok(Some(FileEvent::Synced)) => break,
+                Ok(Some(FileEvent::Changed { name, .. })) => names.push(name),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        names.sort();
+        assert_eq!(names, vec!["a.yaml", "b.yaml"]);
+    }
+
+    fn doc(pattern: &str, ns: &str) -> String {
+        format!("pattern: {pattern}\nnamespace: {ns}\n")
+    }
+
+    /// The namespaces a Changed event declares, or the error text.
+    fn namespaces(ev: &FileEvent) -> Result<Vec<String>, String> {
+        match ev {
+            FileEvent::Changed { result, .. } => result
+                .as_ref()
+                .map(|docs| docs.iter().map(|d| d.namespace.clone()).collect())
+                .map_err(ToString::to_string),
+            FileEvent::Removed { .. } => Err("removed".into()),
+            FileEvent::Synced => Err("synced".into()),
+        }
+    }
+
+    fn name_of(ev: &FileEvent) -> &str {
+        match ev {
+            FileEvent::Changed { name, .. } | FileEvent::Removed { name } => name,
+            FileEvent::Synced => "",
+        }
+    }
+
+    /// Writes `name` and waits for its event, proving that everything the
+    /// watcher was told before has been handled.
+    async fn sentinel(dir: &Path, rx: &mut UnboundedReceiver<FileEvent>) -> Vec<FileEvent> {
+        static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = "zz-sentinel.yaml";
+        // New content every time, so that it is always reported.
+        std::fs::write(dir.join(name), doc("p", &format!("s{n}"))).unwrap();
+        let mut before = Vec::new();
+        loop {
+            let ev = next(rx).await;
+            if name_of(&ev) == name && matches!(ev, FileEvent::Changed { .. }) {
+                return before;
+            }
+            if name_of(&ev) != name {
+                before.push(ev);
+            }
+        }
+    }
+
+    fn watch(dir: &Path) -> UnboundedReceiver<FileEvent> {
+        // Long rescans: these tests are about events.
+        watch_desired(dir.to_path_buf(), Duration::from_secs(60))
+    }
+
+    // -- the desired watcher's steps, with made-up events ------------------
+
+    fn machine() -> DesiredWatcher {
+        let (tx, _rx) = unbounded_channel();
+        let mut w = DesiredWatcher::new(PathBuf::from("/d"), tx);
+        w.rescan = false;
+        w
+    }
+
+    fn event(kind: EventKind, path: &str) -> Raw {
+        Ok(Event::new(kind).add_path(PathBuf::from(path)))
+    }
+
+    fn step(w: &mut DesiredWatcher, kind: EventKind, path: &str) -> HashSet<String> {
+        let mut touched = HashSet::new();
+        w.absorb(event(kind, path), &mut touched);
+        touched
+    }
+
+    const CLOSE_WRITE: EventKind = EventKind::Access(AccessKind::Close(AccessMode::Write));
+    const OPEN: EventKind = EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any));
+
+    #[test]
+    fn a_finished_write_is_read_at_once_and_one_in_progress_waits() {
+        let mut w = machine();
+        step(&mut w, EventKind::Create(CreateKind::File), "/d/a.yaml");
+        assert!(w.now.is_empty());
+        assert!(w.writing.contains("a.yaml"));
+        let quiet = w.pending["a.yaml"].saturating_duration_since(Instant::now());
+        assert!(quiet > QUIET, "{quiet:?}");
+        let touched = step(&mut w, CLOSE_WRITE, "/d/a.yaml");
+        assert!(touched.contains("a.yaml"));
+        assert!(w.now.contains("a.yaml"));
+        assert!(w.pending.is_empty() && w.writing.is_empty());
+        // A new writer after the close: wait for it instead.
+        step(
+            &mut w,
+            EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
+            "/d/a.yaml",
+        );
+        assert!(w.now.is_empty());
+        assert!(w.pending.contains_key("a.yaml"));
+    }
+
+    #[test]
+    fn renames_and_removals_are_read_at_once() {
+        let mut w = machine();
+        step(
+            &mut w,
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "/d/a.yaml",
+        );
+        step(
+            &mut w,
+            EventKind::Remove(notify::event::RemoveKind::File),
+            "/d/b.yml",
+        );
+        let mut now: Vec<_> = w.now.iter().cloned().collect();
+        now.sort();
+        assert_eq!(now, ["a.yaml", "b.yml"]);
+    }
+
+    #[test]
+    fn an_open_by_someone_else_postpones_a_read_that_was_due() {
+        let mut w = machine();
+        step(&mut w, CLOSE_WRITE, "/d/a.yaml");
+        let touched = step(&mut w, OPEN, "/d/a.yaml");
+        assert!(touched.contains("a.yaml"));
+        assert!(w.now.is_empty());
+        assert!(w.pending.contains_key("a.yaml"));
+    }
+
+    #[test]
+    fn the_watchers_own_opens_are_not_taken_for_a_writer() {
+        let mut w = machine();
+        w.own_opens.insert("a.yaml".into(), 1);
+        step(&mut w, CLOSE_WRITE, "/d/a.yaml");
+        let touched = step(&mut w, OPEN, "/d/a.yaml");
+        assert!(!touched.contains("a.yaml"));
+        assert!(w.now.contains("a.yaml"));
+        assert!(w.own_opens.is_empty());
+    }
+
+    #[test]
+    fn ignored_names_and_reads_change_nothing() {
+        let mut w = machine();
+        for path in ["/d/.a.yaml.swp", "/d/notes.txt", "/elsewhere/a.yaml"] {
+            assert!(step(&mut w, CLOSE_WRITE, path).is_empty());
+        }
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        assert!(step(&mut w, read, "/d/a.yaml").is_empty());
+        assert!(w.now.is_empty() && w.pending.is_empty() && !w.rescan);
+    }
+
+    #[test]
+    fn an_overflow_or_the_directory_going_away_asks_for_a_rescan() {
+        let mut w = machine();
+        w.own_opens.insert("a.yaml".into(), 1);
+        let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        w.absorb(Ok(overflow), &mut HashSet::new());
+        assert!(w.rescan);
+        assert_eq!(w.lost, 1);
+        assert!(w.own_opens.is_empty());
+
+        let mut w = machine();
+        step(&mut w, OPEN, "/d");
+        assert!(!w.rescan, "opening the directory is not a change");
+        assert_eq!(w.dir_opens_seen, 1);
+        step(
+            &mut w,
+            EventKind::Remove(notify::event::RemoveKind::Folder),
+            "/d",
+        );
+        assert!(w.rescan);
+        assert_eq!(w.lost, 0);
+    }
+
+    #[tokio::test]
+    async fn creating_a_file_reports_its_documents() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rx = watch(t.path());
+        std::fs::write(t.path().join("a.yaml"), doc("p", "one")).unwrap();
+        let ev = next(&mut rx).await;
+        assert_eq!(name_of(&ev), "a.yaml");
+        assert_eq!(namespaces(&ev), Ok(vec!["one".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn editing_a_file_reports_the_new_content() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a.yml"), doc("p", "one")).unwrap();
+        let mut rx = watch(t.path());
+        assert_eq!(namespaces(&next(&mut rx).await), Ok(vec!["one".into()]));
+        std::fs::write(t.path().join("a.yml"), doc("p", "two")).unwrap();
+        assert_eq!(namespaces(&next(&mut rx).await), Ok(vec!["two".into()]));
+    }
+
+    #[tokio::test]
+    async fn deleting_a_file_reports_it_removed() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a.yaml"), doc("p", "one")).unwrap();
+        let mut rx = watch(t.path());
+        assert!(matches!(next(&mut rx).await, FileEvent::Changed { .. }));
+        std::fs::remove_file(t.path().join("a.yaml")).unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            FileEvent::Removed {
+                name: "a.yaml".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn renaming_a_file_away_reports_it_removed() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a.yaml"), doc("p", "one")).unwrap();
+        let mut rx = watch(t.path());
+        assert!(matches!(next(&mut rx).await, FileEvent::Changed { .. }));
+        std::fs::rename(t.path().join("a.yaml"), t.path().join("a.yaml.bak")).unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            FileEvent::Removed {
+                name: "a.yaml".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_through_a_temporary_file_is_reported_once_and_whole() {
+        use std::io::Write;
+        let t = tempfile::tempdir().unwrap();
+        let mut rx = watch(t.path());
+        let full: String = (0..40)
+            .map(|i| doc("p", &format!("ns{i}")))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        let cases = [
+            (".a.yaml.tmp", "a.yaml"),
+            ("b.tmp", "b.yaml"),
+            ("a.yaml~", "a.yaml"),
+        ];
+        for (k, (tmp, name)) in cases.into_iter().enumerate() {
+            let first = format!("case{k}");
+            let full = full.replace("ns0", &first);
+            let mut f = std::fs::File::create(t.path().join(tmp)).unwrap();
+            let (head, tail) = full.split_at(full.len() / 2);
+            f.write_all(head.as_bytes()).unwrap();
+            f.sync_all().unwrap();
+            f.write_all(tail.as_bytes()).unwrap();
+            drop(f);
+            std::fs::rename(t.path().join(tmp), t.path().join(name)).unwrap();
+            let ev = next(&mut rx).await;
+            assert_eq!(name_of(&ev), name);
+            let ns = namespaces(&ev).unwrap();
+            assert_eq!(ns.len(), 40);
+            assert_eq!(ns[0], first);
+            assert!(sentinel(t.path(), &mut rx).await.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn dot_files_editor_files_and_other_names_are_ignored() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rx = watch(t.path());
+        for name in [
+            ".a.yaml.swp",
+            ".hidden.yaml",
+            "notes.txt",
+            "a.yaml~",
+            "4913",
+            "#a.yaml#",
+        ] {
+            std::fs::write(t.path().join(name), doc("p", "x")).unwrap();
+        }
+        std::fs::remove_file(t.path().join(".hidden.yaml")).unwrap();
+        assert_eq!(sentinel(t.path(), &mut rx).await, Vec::new());
+    }
+
+    #[tokio::test]
+    async fn files_present_at_start_are_each_reported_once() {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            std::fs::write(t.path().join(format!("f{i}.yaml")), doc("p", "x")).unwrap();
+        }
+        let mut rx = watch(t.path());
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(name_of(&next(&mut rx).await).to_string());
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["f0.yaml", "f1.yaml", "f2.yaml", "f3.yaml", "f4.yaml"]
+        );
+        assert!(sentinel(t.path(), &mut rx).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rescan_finds_what_no_event_told() {
+        // The directory does not exist yet, so nothing can be watched: only
+        // the rescan can find the file, and it re-establishes the watch.
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("desired");
+        let mut rx = watch_desired(dir.clone(), Duration::from_millis(20));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("late.yaml"), doc("p", "late")).unwrap();
+        let ev = next(&mut rx).await;
+        assert_eq!(name_of(&ev), "late.yaml");
+        assert_eq!(namespaces(&ev), Ok(vec!["late".into()]));
+        // Rescans that find nothing new send nothing, and events flow again.
+        assert!(sentinel(&dir, &mut rx).await.is_empty());
+        std::fs::remove_file(dir.join("late.yaml")).unwrap();
+        assert_eq!(name_of(&next(&mut rx).await), "late.yaml");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_and_recreated_directory_is_watched_again() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("desired");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), doc("p", "one")).unwrap();
+        let mut rx = watch_desired(dir.clone(), Duration::from_millis(20));
+        assert!(matches!(next(&mut rx).await, FileEvent::Changed { .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            next(&mut rx).await,
+            FileEvent::Removed {
+                name: "a.yaml".into()
+            }
+        );
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), doc("p", "two")).unwrap();
+        assert_eq!(namespaces(&next(&mut rx).await), Ok(vec!["two".into()]));
+    }
+
+    #[tokio::test]
+    async fn unreadable_and_invalid_files_are_reported_as_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rx = watch(t.path());
+        std::fs::write(t.path().join("bin.yaml"), [b'a', 0xff, 0xfe]).unwrap();
+        let e = namespaces(&next(&mut rx).await).unwrap_err();
+        assert!(e.contains("bin.yaml") && e.contains("UTF-8"), "{e}");
+
+        let big = "# padding\n".repeat((MAX_FILE_BYTES as usize) / 10 + 1);
+        std::fs::write(t.path().join("big.yaml"), big).unwrap();
+        let e = namespaces(&next(&mut rx).await).unwrap_err();
+        assert!(e.contains("big.yaml") && e.contains("larger"), "{e}");
+
+        std::fs::write(t.path().join("bad.yaml"), "pattern: p\ncolour: red\n").unwrap();
+        let e = namespaces(&next(&mut rx).await).unwrap_err();
+        assert!(e.contains("bad.yaml:2") && e.contains("colour"), "{e}");
+
+        // A FIFO would block a plain open; it must not hang the watcher.
+        nix::unistd::mkfifo(&t.path().join("fifo.yaml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = namespaces(&next(&mut rx).await).unwrap_err();
+        assert!(e.contains("fifo.yaml") && e.contains("regular"), "{e}");
+
+        // Fixing a file reports its good content.
+        std::fs::write(t.path().join("bad.yaml"), doc("p", "fixed")).unwrap();
+        assert_eq!(namespaces(&next(&mut rx).await), Ok(vec!["fixed".into()]));
+    }
+
+    #[tokio::test]
+    async fn three_hundred_files_created_at_once_are_each_reported() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rx = watch(t.path());
+        for i in 0..300 {
+            std::fs::write(
+                t.path().join(format!("f{i:03}.yaml")),
+                doc("p", &format!("n{i}")),
+            )
+            .unwrap();
+        }
+        let mut got = BTreeMap::new();
+        while got.len() < 300 {
+            let ev = next(&mut rx).await;
+            let ns = namespaces(&ev).unwrap();
+            assert!(
+                got.insert(name_of(&ev).to_string(), ns).is_none(),
+                "twice: {ev:?}"
+            );
+        }
+        for (i, (name, ns)) in got.iter().enumerate() {
+            assert_eq!(name, &format!("f{i:03}.yaml"));
+            assert_eq!(ns, &vec![format!("n{i}")]);
+        }
+        assert!(sentinel(t.path(), &mut rx).await.is_empty());
+    }
+
+    /// What the directory holds: name to namespace.
+    fn on_disk(dir: &Path) -> BTreeMap<String, String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| is_candidate(n) && !n.starts_with("zz"))
+            .map(|n| {
+                let text = std::fs::read_to_string(dir.join(&n)).unwrap();
+                let docs = parse_desired(&text, &n).unwrap();
+                (n, docs[0].namespace.clone())
+            })
+            .collect()
+    }
+
+    /// Applies events to a picture of the directory.
+    fn apply(picture: &mut BTreeMap<String, String>, ev: FileEvent) {
+        if name_of(&ev).starts_with("zz") {
+            return;
+        }
+        match ev {
+            FileEvent::Changed { name, result } => {
+                let docs = result.unwrap_or_else(|e| panic!("half-written file reported: {e}"));
+                let ns = docs.first().map(|d| d.namespace.clone());
+                assert!(
+                    ns.as_ref()
+                        .is_some_and(|ns| ns.starts_with('v') || ns == "same"),
+                    "half-written file reported: {name}: {docs:?}"
+                );
+                picture.insert(name, ns.unwrap_or_default());
+            }
+            FileEvent::Removed { name } => {
+                picture.remove(&name);
+            }
+            FileEvent::Synced => {}
+        }
+    }
+
+    /// Applies events until the picture they paint is `want` at a moment
+    /// when every event the watcher sent before is known to have been
+    /// handled (the sentinel's). From then on the watcher holds the
+    /// directory's final state, so it has nothing left to report.
+    async fn settle(
+        dir: &Path,
+        rx: &mut UnboundedReceiver<FileEvent>,
+        want: BTreeMap<String, String>,
+    ) {
+        let mut picture = BTreeMap::new();
+        loop {
+            while picture != want {
+                apply(&mut picture, next(rx).await);
+            }
+            for ev in sentinel(dir, rx).await {
+                apply(&mut picture, ev);
+            }
+            if picture == want {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_changes_ends_in_the_right_picture() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let mut rx = watch(dir);
+        // A fixed xorshift: the same burst every run.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for op in 0..3000 {
+            let name = format!("n{:02}.yaml", rand(50));
+            let path = dir.join(&name);
+            let content = doc("p", &format!("v{op}"));
+            match rand(4) {
+                0 => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                1 => {
+                    let tmp = dir.join(format!(".{name}.tmp"));
+                    std::fs::write(&tmp, &content).unwrap();
+                    std::fs::rename(&tmp, &path).unwrap();
+                }
+                _ => std::fs::write(&path, &content).unwrap(),
+            }
+        }
+        let want = on_disk(dir);
+        settle(dir, &mut rx, want).await;
+    }
+
+    #[tokio::test]
+    async fn a_file_deleted_and_recreated_ends_reported_with_its_content() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rx = watch(t.path());
+        let path = t.path().join("a.yaml");
+        for _ in 0..50 {
+            std::fs::write(&path, doc("p", "same")).unwrap();
+            std::fs::remove_file(&path).unwrap();
+        }
+        std::fs::write(&path, doc("p", "same")).unwrap();
+        let want = on_disk(t.path());
+        assert_eq!(want.len(), 1);
+        settle(t.path(), &mut rx, want).await;
+    }
+
+    // -- patterns/ ---------------------------------------------------------
+
+    const MANIFEST: &str = "name: p\nversion: 1\nexecutable: ./run\nisolation_level: none\n";
+
+    /// Asserts that nothing is sent within a short window (the only way to
+    /// see an absence; it waits on nothing else).
+    async fn quiet(rx: &mut UnboundedReceiver<()>) {
+        let window = QUIET * 4;
+        assert!(
+            tokio::time::timeout(window, rx.recv()).await.is_err(),
+            "unexpected notification"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_pattern_directory_and_its_manifest_are_noticed() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rx = watch_patterns(t.path().to_path_buf(), Duration::from_secs(60));
+        std::fs::create_dir(t.path().join("p")).unwrap();
+        std::fs::write(t.path().join("p/manifest.yaml"), MANIFEST).unwrap();
+        next(&mut rx).await;
+        // The new directory is watched now: editing the manifest is seen.
+        std::fs::write(t.path().join("p/manifest.yaml"), MANIFEST.replace("1", "2")).unwrap();
+        next(&mut rx).await;
+        std::fs::remove_file(t.path().join("p/manifest.yaml")).unwrap();
+        next(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn replacing_an_executable_is_noticed_but_reading_and_running_is_not() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("p");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("manifest.yaml"), MANIFEST).unwrap();
+        std::fs::write(p.join("run"), "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(
+            p.join("run"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let mut rx = watch_patterns(t.path().to_path_buf(), Duration::from_secs(60));
+        std::fs::read_to_string(p.join("manifest.yaml")).unwrap();
+        let status = std::process::Command::new(p.join("run")).status().unwrap();
+        assert!(status.success());
+        quiet(&mut rx).await;
+        std::fs::write(p.join("run.new"), "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::rename(p.join("run.new"), p.join("run")).unwrap();
+        next(&mut rx).await;
+    }
+
+    #[tokio::test]
+    async fn many_changes_at_once_make_few_notifications() {
+        let t = tempfile::tempdir().unwrap();
+        let mut rx = watch_patterns(t.path().to_path_buf(), Duration::from_secs(60));
+        for i in 0..50 {
+            let d = t.path().join(format!("p{i}"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("manifest.yaml"), MANIFEST).unwrap();
+        }
+        next(&mut rx).await;
+        let mut more = 0;
+        while tokio::time::timeout(QUIET * 4, rx.recv()).await.is_ok() {
+            more += 1;
+        }
+        assert!(more < 10, "{more} more notifications for one burst");
+    }
+
+    #[tokio::test]
+    async fn a_periodic_fingerprint_finds_what_no_event_told() {
+        // The directory does not exist yet: no watch, only the fingerprint.
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("patterns");
+        let mut rx = watch_patterns(root.clone(), Duration::from_millis(20));
+        std::fs::create_dir_all(root.join("p")).unwrap();
+        std::fs::write(root.join("p/manifest.yaml"), MANIFEST).unwrap();
+        next(&mut rx).await;
+        // Unchanged ticks send nothing.
+        while tokio::time::timeout(QUIET * 4, rx.recv()).await.is_ok() {}
+        quiet(&mut rx).await;
+    }
+}
