@@ -311,6 +311,15 @@ impl Cgroups {
         }
     }
 
+    /// The `cgroup.procs` files of the instance's cgroup, for a child to
+    /// join before it execs.
+    pub fn procs_files(&self, process_id: &str) -> Vec<PathBuf> {
+        self.dirs(process_id)
+            .into_iter()
+            .map(|d| d.join(PROCS))
+            .collect()
+    }
+
     /// Moves `pid` into the instance's cgroup (every hierarchy).
     pub fn add(&self, process_id: &str, pid: u32) -> Result<(), CgroupError> {
         for dir in self.dirs(process_id) {

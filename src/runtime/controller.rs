@@ -350,14 +350,14 @@ impl Controller {
                 }
             };
             let Some(pattern) = self.catalog.get(&e.spec.key.pattern).cloned() else {
+                // Without its pattern it can neither be probed nor
+                // restarted: the orphan sweep stops it.
                 tracing::warn!(
-                    "{}: pid {} runs pattern {} which is not in the catalog; it is adopted to be stopped",
+                    "{}: pid {} runs pattern {} which is not in the catalog; not adopted, the orphan sweep stops it",
                     e.process_id,
                     e.pid,
                     e.spec.key.pattern
                 );
-                // Without a pattern nothing can probe it; keep a minimal
-                // entry so that the planner stops it when not desired.
                 continue;
             };
             let ports = e.ports();
@@ -1084,8 +1084,12 @@ impl Controller {
         if let Err(e) = signal_group(proc_info.pid, Signal::SIGKILL) {
             tracing::warn!("{id}: cannot kill process group {}: {e}", proc_info.pid);
         }
-        if let Err(e) = cgroups.kill_all(id) {
-            tracing::warn!("{id}: cannot kill what is left in its cgroup: {e}");
+        let left = cgroups.pids(id);
+        if !left.is_empty() {
+            tracing::info!("{id}: killing what its main process left behind: {left:?}");
+            if let Err(e) = cgroups.kill_all(id) {
+                tracing::warn!("{id}: cannot kill what is left in its cgroup: {e}");
+            }
         }
         let mut how = match status {
             Ok(s) => describe_exit(s),
@@ -1318,11 +1322,12 @@ impl Controller {
         o.probe_failures = 0;
         o.healthy_since = None;
         o.oom_kills_before = oom_before;
-        match spawn::spawn(id, &o.spec, &pattern, o.ports, &log) {
+        let procs = cgroups.procs_files(id);
+        match spawn::spawn(id, &o.spec, &pattern, o.ports, &log, &procs) {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
-                // Moved right after the spawn: the child is still exec'ing
-                // the pattern, long before it can fork.
+                // The child joined its cgroup before exec; this move is a
+                // no-op then, and the fallback when that write failed.
                 if let Err(e) = cgroups.add(id, pid) {
                     tracing::error!("{id}: cannot move pid {pid} into its cgroup: {e}");
                     limits_text =

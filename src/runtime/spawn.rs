@@ -81,13 +81,16 @@ pub fn environment(
 }
 
 /// Starts the process in its own process group, in its pattern directory,
-/// with stdout and stderr appended to `log`.
+/// with stdout and stderr appended to `log`. When `cgroup_procs` names
+/// `cgroup.procs` files, the child joins those cgroups before it execs the
+/// pattern, so nothing it forks can start outside them.
 pub fn spawn(
     process_id: &str,
     spec: &InstanceSpec,
     pattern: &Pattern,
     ports: Ports,
     log: &Path,
+    cgroup_procs: &[PathBuf],
 ) -> Result<tokio::process::Child, SpawnError> {
     let log_err = |source| SpawnError::Log {
         path: log.to_path_buf(),
@@ -108,10 +111,44 @@ pub fn spawn(
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .kill_on_drop(false);
+    if !cgroup_procs.is_empty() {
+        join_cgroups_before_exec(&mut cmd, cgroup_procs);
+    }
     cmd.spawn().map_err(|source| SpawnError::Exec {
         path: pattern.executable.clone(),
         source,
     })
+}
+
+/// Makes the child write "0" (itself) into each `cgroup.procs` between
+/// fork and exec. This costs the posix_spawn fast path (std forks when a
+/// pre-exec hook is set), which is the price of a race-free placement on
+/// cgroup v1; the paths are turned into C strings before the fork so the
+/// child allocates nothing. A failed write leaves the placement to the
+/// caller's move after the spawn.
+#[allow(unsafe_code)] // pre_exec is unsafe: the closure runs between fork and exec
+fn join_cgroups_before_exec(cmd: &mut tokio::process::Command, cgroup_procs: &[PathBuf]) {
+    use std::os::unix::ffi::OsStrExt;
+    let paths: Vec<std::ffi::CString> = cgroup_procs
+        .iter()
+        .filter_map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok())
+        .collect();
+    // SAFETY: the closure only calls open(2), write(2) and close(2), which
+    // are async-signal-safe, on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for path in &paths {
+                if let Ok(fd) = nix::fcntl::open(
+                    path.as_c_str(),
+                    nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                ) {
+                    let _ = nix::unistd::write(&fd, b"0");
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Sends `sig` to process group `pgid`. A group that is already gone is
