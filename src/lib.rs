@@ -59,6 +59,20 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/launcher_descriptor.bin"));
 }
 
+/// How long calls in flight may take to finish once shutdown begins.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// The outcome of the server task.
+fn flatten(
+    joined: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), LaunchError> {
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(LaunchError::Serve(e.to_string())),
+        Err(e) => Err(LaunchError::Serve(e.to_string())),
+    }
+}
+
 /// What can stop the launcher from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -285,17 +299,39 @@ impl Launcher {
             api::LauncherService::new(handle.clone()),
         );
         tracing::info!("Serving gRPC on :{} ({addr})", self.grpc_port);
-        let served = tonic::transport::Server::builder()
-            .add_service(service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(health_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stop_rx.await;
+                }),
+        );
+        let served = tokio::select! {
+            () = shutdown => {
+                // Stop accepting; give calls in flight a moment, but never
+                // let an idle or stuck client hold the instances hostage.
+                let _ = stop_tx.send(());
+                match tokio::time::timeout(DRAIN, &mut server).await {
+                    Ok(joined) => flatten(joined),
+                    Err(_) => {
+                        tracing::warn!(
+                            "client connections still open after {DRAIN:?}: closing them"
+                        );
+                        server.abort();
+                        Ok(())
+                    }
+                }
+            }
+            joined = &mut server => flatten(joined),
+        };
         tracing::info!("gRPC server stopped; terminating instances");
         let _ = handle.commands.send(Command::Shutdown).await;
         let _ = loop_task.await;
         tracing::info!("controller stopped");
-        served.map_err(|e| LaunchError::Serve(e.to_string()))
+        served
     }
 }

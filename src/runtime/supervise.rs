@@ -50,7 +50,7 @@ pub struct ProbeTarget {
 /// The first start-up probe follows the spawn after this long; each
 /// further one waits twice as long, up to [`STARTUP_STEP_MAX`].
 const STARTUP_STEP_MIN: Duration = Duration::from_millis(1);
-const STARTUP_STEP_MAX: Duration = Duration::from_millis(100);
+const STARTUP_STEP_MAX: Duration = Duration::from_millis(10);
 
 /// Probes once: any 2xx is healthy.
 pub async fn probe(client: &reqwest::Client, t: &ProbeTarget) -> Result<(), String> {
