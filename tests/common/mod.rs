@@ -214,39 +214,64 @@ fn random_u64() -> u64 {
 
 /// A block of ports owned by one test: `base` is the launcher's gRPC port,
 /// `base + 1` the preferred health port of the generated manifests, and
-/// `base + 10 ..= base + 99` the `--port-range`. Held through an exclusive
-/// lock on a file, so concurrent test processes never share a block.
+/// `base + 10 ..= base + size - 1` the `--port-range`. Made of `size / 100`
+/// adjacent 100-port blocks, each held through an exclusive lock on a file,
+/// so concurrent test processes never share a port.
 pub struct PortBlock {
     pub base: u16,
-    _lock: File,
+    /// Number of ports in the block (a multiple of 100).
+    pub size: u16,
+    _locks: Vec<File>,
 }
 
 impl PortBlock {
+    /// The usual block of 100 ports (45 instances).
     pub fn allocate() -> PortBlock {
+        PortBlock::allocate_ports(PORT_BLOCK)
+    }
+
+    /// A block of at least `ports` ports (rounded up to a multiple of 100);
+    /// an instance takes two ports, so 500 instances need 1010 or more.
+    pub fn allocate_ports(ports: u16) -> PortBlock {
         let lock_dir = std::env::temp_dir().join("prism-launcher-test-ports");
         fs::create_dir_all(&lock_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_dir.display()));
         let blocks = (PORT_BLOCK_LAST - PORT_BLOCK_FIRST) / PORT_BLOCK;
-        for _ in 0..500 {
-            let base = PORT_BLOCK_FIRST + (random_u64() % u64::from(blocks)) as u16 * PORT_BLOCK;
-            let path = lock_dir.join(format!("{base}.lock"));
-            let Ok(file) = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-            else {
-                continue;
-            };
-            if file.try_lock().is_err() {
-                continue;
+        let wanted = ports.div_ceil(PORT_BLOCK).max(1);
+        assert!(
+            wanted <= blocks,
+            "{ports} ports asked for, at most {} available",
+            blocks * PORT_BLOCK
+        );
+        'attempt: for _ in 0..500 {
+            let first = (random_u64() % u64::from(blocks - wanted + 1)) as u16;
+            let base = PORT_BLOCK_FIRST + first * PORT_BLOCK;
+            let mut locks = Vec::with_capacity(usize::from(wanted));
+            for k in 0..wanted {
+                let path = lock_dir.join(format!("{}.lock", base + k * PORT_BLOCK));
+                let Ok(file) = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                else {
+                    continue 'attempt;
+                };
+                if file.try_lock().is_err() {
+                    continue 'attempt;
+                }
+                locks.push(file);
             }
             if port_free(base) && port_free(base + 1) {
-                return PortBlock { base, _lock: file };
+                return PortBlock {
+                    base,
+                    size: wanted * PORT_BLOCK,
+                    _locks: locks,
+                };
             }
         }
         panic!(
-            "could not find a free block of {PORT_BLOCK} ports between {PORT_BLOCK_FIRST} and {PORT_BLOCK_LAST}"
+            "could not find {wanted} free adjacent blocks of {PORT_BLOCK} ports between {PORT_BLOCK_FIRST} and {PORT_BLOCK_LAST}"
         );
     }
 
@@ -261,7 +286,7 @@ impl PortBlock {
 
     /// The `--port-range` value for instances.
     pub fn instance_range(&self) -> (u16, u16) {
-        (self.base + 10, self.base + PORT_BLOCK - 1)
+        (self.base + 10, self.base + self.size - 1)
     }
 }
 
@@ -697,6 +722,8 @@ pub struct TestEnvBuilder {
     extra_args: Vec<String>,
     envs: Vec<(String, String)>,
     default_range_lock: Option<File>,
+    ports: u16,
+    files: Vec<(PathBuf, String, u32)>,
 }
 
 impl TestEnvBuilder {
@@ -754,6 +781,20 @@ impl TestEnvBuilder {
         self
     }
 
+    /// Owns a block of at least `ports` ports (default 100, that is 90 for
+    /// instances; an instance takes two).
+    pub fn ports(mut self, ports: u16) -> Self {
+        self.ports = ports;
+        self
+    }
+
+    /// Writes `patterns/<rel>` (before the launcher starts) with `mode`
+    /// (0o755 for an executable).
+    pub fn pattern_file(mut self, rel: &str, contents: &str, mode: u32) -> Self {
+        self.files.push((rel.into(), contents.into(), mode));
+        self
+    }
+
     pub fn start(self) -> TestEnv {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = tempfile::Builder::new()
@@ -767,7 +808,7 @@ impl TestEnvBuilder {
         for d in [&patterns_dir, &desired_dir, &state_dir] {
             fs::create_dir_all(d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
         }
-        let ports = PortBlock::allocate();
+        let ports = PortBlock::allocate_ports(self.ports);
         let token = format!(
             "{}-{}-{}",
             std::process::id(),
@@ -809,6 +850,13 @@ impl TestEnvBuilder {
             let d = patterns_dir.join(name);
             fs::create_dir_all(&d).expect("create pattern dir");
             fs::write(d.join("manifest.yaml"), yaml).expect("write manifest");
+        }
+        for (rel, contents, mode) in &self.files {
+            let path = patterns_dir.join(rel);
+            if let Some(d) = path.parent() {
+                fs::create_dir_all(d).expect("create pattern dir");
+            }
+            write_file_mode(&path, contents, *mode);
         }
 
         let mut args: Vec<String> = vec![
@@ -879,6 +927,8 @@ impl TestEnv {
             extra_args: Vec::new(),
             envs: Vec::new(),
             default_range_lock: None,
+            ports: PORT_BLOCK,
+            files: Vec::new(),
         }
     }
 
@@ -1014,6 +1064,128 @@ impl TestEnv {
         assert_eq!(jstr(&reply, "processId"), "ns:still-serving:test-pattern");
     }
 
+    /// The launcher's pid (None once stopped).
+    pub fn launcher_pid(&self) -> Option<i32> {
+        self.launcher.as_ref().and_then(Launcher::pid)
+    }
+
+    /// The tail of the launcher's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.read_log(), lines)
+    }
+
+    /// Waits (up to [`WAIT`]) until `process_id` is listed and `ok` holds for
+    /// its entry; returns the entry. Panics with the entry and the log tail.
+    pub fn wait_entry(&self, process_id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let mut last = None;
+        wait_for(WAIT, || {
+            last = self.find(process_id);
+            last.clone().filter(|p| ok(p))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{process_id}: never {what}; last seen: {last:?}\n--- launcher log ---\n{}",
+                self.log_tail(60)
+            )
+        })
+    }
+
+    /// Waits until `process_id` is RUNNING, healthy and has a live pid.
+    pub fn wait_running(&self, process_id: &str) -> Value {
+        self.wait_entry(process_id, "RUNNING and healthy", is_running)
+    }
+
+    /// Waits until `process_id` is RUNNING and healthy with a pid other than
+    /// `old_pid` (a restart).
+    pub fn wait_restarted(&self, process_id: &str, old_pid: i64) -> Value {
+        self.wait_entry(
+            process_id,
+            &format!("RUNNING with a pid other than {old_pid}"),
+            |p| is_running(p) && jint(p, "pid") != old_pid,
+        )
+    }
+
+    /// Waits until `process_id` is no longer listed.
+    pub fn wait_unlisted(&self, process_id: &str) {
+        let mut last = None;
+        let gone = wait_until(WAIT, || {
+            last = self.find(process_id);
+            last.is_none()
+        });
+        assert!(
+            gone,
+            "{process_id} is still listed: {last:?}\n--- launcher log ---\n{}",
+            self.log_tail(60)
+        );
+    }
+
+    // --- desired/ and patterns/ ----------------------------------------------
+
+    /// `desired/<name>`.
+    pub fn desired_path(&self, name: &str) -> PathBuf {
+        self.desired_dir.join(name)
+    }
+
+    /// Writes `desired/<name>` in place (create or truncate, write, close).
+    pub fn write_desired(&self, name: &str, contents: &str) {
+        let path = self.desired_path(name);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// Writes `desired/.<name>.tmp`, then renames it to `desired/<name>`.
+    pub fn write_desired_via_rename(&self, name: &str, contents: &str) {
+        write_atomic(&self.desired_path(name), contents);
+    }
+
+    /// Deletes `desired/<name>`.
+    pub fn remove_desired(&self, name: &str) {
+        let path = self.desired_path(name);
+        fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+    }
+
+    /// `patterns/<dir>/manifest.yaml`.
+    pub fn manifest_path(&self, dir: &str) -> PathBuf {
+        self.patterns_dir.join(dir).join("manifest.yaml")
+    }
+
+    /// Writes `spec` to `patterns/<spec.name>/manifest.yaml` (temporary file
+    /// and rename; the directory is created if missing).
+    pub fn write_pattern(&self, spec: &PatternSpec) {
+        let dir = self.patterns_dir.join(&spec.name);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        write_atomic(
+            &dir.join("manifest.yaml"),
+            &spec.to_yaml(self.ports.health_port()),
+        );
+    }
+
+    /// ListSources: the `sources` array.
+    pub fn list_sources(&self) -> Vec<Value> {
+        let reply = self
+            .grpc("ListSources", serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("ListSources failed: {e}"));
+        reply
+            .get("sources")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The ListSources entry whose path is `path` or ends with `/<path>`
+    /// (manifests are listed by the path the launcher was given).
+    pub fn source(&self, path: &str) -> Option<Value> {
+        let suffix = format!("/{path}");
+        self.list_sources().into_iter().find(|s| {
+            let p = jstr(s, "path");
+            p == path || p.ends_with(&suffix)
+        })
+    }
+
+    /// A tonic client for calls too frequent for grpcurl.
+    pub fn api(&self) -> Api {
+        Api::connect(self.ports.grpc_port())
+    }
+
     /// Diagnostics printed when a test fails.
     fn dump(&self) {
         eprintln!(
@@ -1024,9 +1196,20 @@ impl TestEnv {
             eprintln!("{}", tail(&l.log(), 120));
         }
         if let Ok(entries) = fs::read_dir(self.state_dir.join("logs")) {
-            for e in entries.flatten() {
-                eprintln!("===== instance log {} (tail) =====", e.path().display());
-                eprintln!("{}", tail(&read_lossy(e.path()), 20));
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            // A test with hundreds of instances would drown the report.
+            const MAX_DUMPED: usize = 20;
+            for p in paths.iter().take(MAX_DUMPED) {
+                eprintln!("===== instance log {} (tail) =====", p.display());
+                eprintln!("{}", tail(&read_lossy(p), 20));
+            }
+            if paths.len() > MAX_DUMPED {
+                eprintln!(
+                    "===== ({} more instance logs in {}) =====",
+                    paths.len() - MAX_DUMPED,
+                    self.state_dir.join("logs").display()
+                );
             }
         }
     }
@@ -1051,6 +1234,140 @@ impl Drop for TestEnv {
             eprintln!("keeping {}", d.keep().display());
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Instances, desired files, environments
+// ---------------------------------------------------------------------------
+
+/// A ListPatterns entry that is RUNNING, healthy, and whose pid is alive.
+pub fn is_running(p: &Value) -> bool {
+    jstr(p, "state") == "STATE_RUNNING" && jbool(p, "healthy") && pid_alive(jint(p, "pid"))
+}
+
+/// One document of a desired-state file (namespace isolation).
+pub fn desired_doc(pattern: &str, namespace: &str, config: &[(&str, &str)]) -> String {
+    let q = |s: &str| Value::String(s.to_string()).to_string();
+    let mut y = format!("pattern: {pattern}\nnamespace: {}\n", q(namespace));
+    if !config.is_empty() {
+        y += "config:\n";
+        for (k, v) in config {
+            y += &format!("  {k}: {}\n", q(v));
+        }
+    }
+    y
+}
+
+/// A desired-state file of several documents.
+pub fn desired_stream(docs: &[String]) -> String {
+    docs.join("---\n")
+}
+
+/// Writes `path` with `mode`, in place.
+pub fn write_file_mode(path: &Path, contents: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// Writes `.<name>.tmp` next to `path` (mode 0644), then renames it over
+/// `path`: readers see the old content or the new one, never a mix.
+pub fn write_atomic(path: &Path, contents: &str) {
+    write_atomic_mode(path, contents, 0o644);
+}
+
+/// [`write_atomic`] with a file mode (0o755 for an executable).
+pub fn write_atomic_mode(path: &Path, contents: &str, mode: u32) {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_else(|| panic!("{} has no file name", path.display()));
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    write_file_mode(&tmp, contents, mode);
+    fs::rename(&tmp, path)
+        .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), path.display()));
+}
+
+/// The environment of `pid` (`/proc/<pid>/environ`), None if unreadable.
+pub fn environ(pid: i64) -> Option<BTreeMap<String, String>> {
+    let raw = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter_map(|var| {
+                let var = String::from_utf8_lossy(var);
+                let (k, v) = var.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect(),
+    )
+}
+
+/// The value of `key` in the environment of `pid`.
+pub fn environ_var(pid: i64, key: &str) -> Option<String> {
+    environ(pid).and_then(|mut e| e.remove(key))
+}
+
+// ---------------------------------------------------------------------------
+// A tonic client (for sampling faster than grpcurl can)
+// ---------------------------------------------------------------------------
+
+pub use prism_launcher::proto;
+
+/// `PatternLauncherClient` on a runtime of its own, with blocking calls.
+pub struct Api {
+    rt: tokio::runtime::Runtime,
+    client: proto::pattern_launcher_client::PatternLauncherClient<tonic::transport::Channel>,
+}
+
+impl Api {
+    pub fn connect(port: u16) -> Api {
+        Api::try_connect(port).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Connects once; `Err` when nothing answers on the port (yet).
+    pub fn try_connect(port: u16) -> Result<Api, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let client = rt
+            .block_on(
+                proto::pattern_launcher_client::PatternLauncherClient::connect(format!(
+                    "http://127.0.0.1:{port}"
+                )),
+            )
+            .map_err(|e| format!("cannot connect a gRPC client to 127.0.0.1:{port}: {e}"))?;
+        Ok(Api { rt, client })
+    }
+
+    /// ListPatterns without a filter.
+    pub fn list(&mut self) -> Vec<proto::PatternInfo> {
+        let req = proto::ListPatternsRequest::default();
+        self.rt
+            .block_on(self.client.list_patterns(req))
+            .unwrap_or_else(|e| panic!("ListPatterns failed: {e}"))
+            .into_inner()
+            .patterns
+    }
+
+    /// GetProcessStatus (None when not found).
+    pub fn status(&mut self, process_id: &str) -> Option<proto::PatternInfo> {
+        let req = proto::GetProcessStatusRequest {
+            process_id: process_id.to_string(),
+        };
+        let reply = self
+            .rt
+            .block_on(self.client.get_process_status(req))
+            .unwrap_or_else(|e| panic!("GetProcessStatus {process_id} failed: {e}"))
+            .into_inner();
+        if reply.not_found { None } else { reply.process }
+    }
+}
+
+/// A wire PatternInfo that is RUNNING and healthy.
+pub fn info_running(p: &proto::PatternInfo) -> bool {
+    p.state == proto::ProcessState::StateRunning as i32 && p.healthy
 }
 
 // ---------------------------------------------------------------------------
