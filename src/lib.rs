@@ -17,6 +17,7 @@ pub mod desired;
 pub mod reconcile;
 pub mod runtime;
 pub mod spec;
+pub mod state_file;
 pub mod watch;
 
 use std::future::Future;

@@ -3,65 +3,39 @@
 //!
 //! Owns the one file; knows nothing of processes.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::spec::InstanceSpec;
+use crate::state_file::{JsonFile, StateFileError};
 
 /// File name inside the state directory.
 pub const API_STORE_FILE: &str = "api-instances.json";
 
 /// A failure to read or write the store, with its path.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {reason}")]
-pub struct StoreError {
-    /// The file.
-    pub path: PathBuf,
-    /// What went wrong.
-    pub reason: String,
-}
+pub type StoreError = StateFileError;
 
 /// The persisted API declarations.
 #[derive(Debug, Clone)]
 pub struct ApiStore {
-    path: PathBuf,
+    file: JsonFile<InstanceSpec>,
 }
 
 impl ApiStore {
     /// A store in `state_dir`.
     pub fn new(state_dir: &Path) -> Self {
         ApiStore {
-            path: state_dir.join(API_STORE_FILE),
-        }
-    }
-
-    fn err(&self, reason: impl ToString) -> StoreError {
-        StoreError {
-            path: self.path.clone(),
-            reason: reason.to_string(),
+            file: JsonFile::new(state_dir, API_STORE_FILE),
         }
     }
 
     /// Loads the declarations; a missing file is an empty store.
     pub fn load(&self) -> Result<Vec<InstanceSpec>, StoreError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| self.err(e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.file.load()
     }
 
     /// Replaces the stored declarations.
     pub fn save(&self, specs: &[InstanceSpec]) -> Result<(), StoreError> {
-        let json = serde_json::to_vec_pretty(specs).map_err(|e| self.err(e))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| self.err(e))
+        self.file.save(specs)
     }
 }
 
@@ -83,13 +57,5 @@ mod tests {
         let spec = InstanceSpec::new(key, config, Some(Duration::from_secs(3))).unwrap();
         store.save(std::slice::from_ref(&spec)).unwrap();
         assert_eq!(store.load().unwrap(), vec![spec]);
-    }
-
-    #[test]
-    fn a_corrupt_file_is_an_error_naming_it() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::write(t.path().join(API_STORE_FILE), "{not json").unwrap();
-        let e = ApiStore::new(t.path()).load().unwrap_err();
-        assert!(e.to_string().contains(API_STORE_FILE));
     }
 }

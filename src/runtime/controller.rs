@@ -230,13 +230,10 @@ pub enum SetupError {
     },
     /// The persisted API declarations cannot be read.
     #[error("cannot load API declarations: {0}")]
-    Store(#[from] crate::desired::api_store::StoreError),
+    Store(crate::desired::api_store::StoreError),
     /// The HTTP client for probes cannot be built.
     #[error("cannot build the probe client: {0}")]
     Client(String),
-    /// The process table cannot be read.
-    #[error("cannot load the process table: {0}")]
-    Table(#[from] table::TableError),
 }
 
 impl Controller {
@@ -254,7 +251,7 @@ impl Controller {
         })?;
         let api_store = ApiStore::new(&cfg.state_dir);
         let mut desired = DesiredSet::default();
-        for spec in api_store.load()? {
+        for spec in api_store.load().map_err(SetupError::Store)? {
             let id = spec.key.process_id();
             if let Err(e) = desired.declare(Source::Api, spec) {
                 tracing::warn!("ignoring stored declaration of {id}: {e}");
@@ -283,7 +280,12 @@ impl Controller {
         let echo = LogEcho::start(&logs_dir);
         let ports = PortAllocator::new(cfg.port_range.clone(), super::ports::os_bindable);
         let table = ProcessTable::new(&cfg.state_dir);
-        let recorded = table.load()?;
+        // A table that cannot be read costs the adoption, not the start:
+        // what it recorded is still found in the cgroups and reaped.
+        let recorded = table.load().unwrap_or_else(|e| {
+            tracing::error!("cannot read the process table, adopting nothing: {e}");
+            Vec::new()
+        });
         let mut c = Controller {
             watchers,
             files: BTreeMap::new(),

@@ -6,7 +6,6 @@
 //! A pid alone is never trusted: a process is the one recorded only when
 //! its start time (from `/proc/<pid>/stat`) matches too.
 
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::reconcile::observed::Ports;
 use crate::spec::InstanceSpec;
+use crate::state_file::{JsonFile, StateFileError};
 
 /// File name inside the state directory.
 pub const TABLE_FILE: &str = "processes.json";
@@ -48,56 +48,30 @@ impl Entry {
 }
 
 /// A failure to read or write the table, with its path.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {reason}")]
-pub struct TableError {
-    /// The file.
-    pub path: PathBuf,
-    /// What went wrong.
-    pub reason: String,
-}
+pub type TableError = StateFileError;
 
 /// The table file.
 #[derive(Debug, Clone)]
 pub struct ProcessTable {
-    path: PathBuf,
+    file: JsonFile<Entry>,
 }
 
 impl ProcessTable {
     /// The table in `state_dir`.
     pub fn new(state_dir: &Path) -> Self {
         ProcessTable {
-            path: state_dir.join(TABLE_FILE),
-        }
-    }
-
-    fn err(&self, reason: impl ToString) -> TableError {
-        TableError {
-            path: self.path.clone(),
-            reason: reason.to_string(),
+            file: JsonFile::new(state_dir, TABLE_FILE),
         }
     }
 
     /// Reads the entries; a missing file is an empty table.
     pub fn load(&self) -> Result<Vec<Entry>, TableError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| self.err(e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.file.load()
     }
 
     /// Replaces the table (temp file, fsync, rename).
     pub fn save(&self, entries: &[Entry]) -> Result<(), TableError> {
-        let json = serde_json::to_vec(entries).map_err(|e| self.err(e))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| self.err(e))
+        self.file.save(entries)
     }
 }
 
