@@ -128,7 +128,14 @@ impl Catalog {
             let (pattern, error) = match parsed {
                 Ok(mut p) => {
                     p.exe_hash = self.hash_executable(&p.executable, &mut next.stamps);
-                    (Some(Arc::new(p)), None)
+                    // An unchanged pattern keeps its Arc: the planner
+                    // compares pointers first.
+                    let same = self
+                        .patterns
+                        .get(&p.name)
+                        .filter(|old| ***old == p)
+                        .cloned();
+                    (Some(same.unwrap_or_else(|| Arc::new(p))), None)
                 }
                 Err(e) => {
                     let kept = self.patterns.values().find(|p| p.dir == sub).cloned();

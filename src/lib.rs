@@ -60,6 +60,21 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/launcher_descriptor.bin"));
 }
 
+/// Accepted connections with Nagle's algorithm off: small replies must not
+/// wait for the client's delayed ACK (tonic only does this for listeners
+/// it binds itself).
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        // Only latency is at stake: a socket that refuses still serves.
+        let _ = conn.set_nodelay(true);
+        Ok(conn)
+    })
+}
+
 /// How long calls in flight may take to finish once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -307,7 +322,7 @@ impl Launcher {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(health_service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(incoming(listener), async {
                     let _ = stop_rx.await;
                 }),
         );

@@ -6,7 +6,9 @@
 //! Level-triggered: the result depends on the state only, never on what
 //! woke the loop.
 
+use std::cmp::Ordering;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backoff;
@@ -132,19 +134,38 @@ pub fn plan(
             rollout.busy.insert(o.spec.key.pattern.as_str());
         }
     }
-    // Desired instances that have no entry yet.
-    for (id, d) in desired.iter() {
-        if !observed.contains_key(id) && catalog.get(&d.spec().key.pattern).is_some() {
-            plan.actions.push(Action::Spawn {
-                process_id: id.clone(),
-                reset_breaker: false,
-            });
-        }
-    }
-    for (id, o) in observed {
-        match desired.get(id) {
-            Some(d) => plan_desired(id, d, o, catalog, now, cfg, &mut rollout, &mut plan),
-            None => plan_undesired(id, o, now, cfg, &mut plan),
+    // Both sides are sorted by process_id: walk them together.
+    let mut want = desired.iter().peekable();
+    let mut have = observed.iter().peekable();
+    loop {
+        let order = match (want.peek(), have.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((w, _)), Some((h, _))) => w.as_str().cmp(h.as_str()),
+        };
+        match order {
+            // Desired, no entry yet.
+            Ordering::Less => {
+                if let Some((id, d)) = want.next()
+                    && catalog.get(&d.spec().key.pattern).is_some()
+                {
+                    plan.actions.push(Action::Spawn {
+                        process_id: id.clone(),
+                        reset_breaker: false,
+                    });
+                }
+            }
+            Ordering::Greater => {
+                if let Some((id, o)) = have.next() {
+                    plan_undesired(id, o, now, cfg, &mut plan);
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((id, d)), Some((_, o))) = (want.next(), have.next()) {
+                    plan_desired(id, d, o, catalog, now, cfg, &mut rollout, &mut plan);
+                }
+            }
         }
     }
     plan
@@ -167,7 +188,8 @@ fn change(d: &DesiredInstance, o: &ObservedInstance, catalog: &Catalog) -> Chang
         return Change::Declaration;
     }
     match catalog.get(&o.spec.key.pattern) {
-        Some(p) if **p != *o.pattern => Change::Pattern,
+        // The catalog keeps the same Arc while a manifest is unchanged.
+        Some(p) if !Arc::ptr_eq(p, &o.pattern) && **p != *o.pattern => Change::Pattern,
         // A removed pattern keeps its running instances.
         _ => Change::None,
     }

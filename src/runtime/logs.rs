@@ -51,7 +51,16 @@ impl LogEcho {
         let (tx, rx) = mpsc::channel();
         let watch_tx = tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
+            // Only writes matter. Opens and reads must not count: the
+            // echo's own reads would wake it again, forever.
+            if let Ok(ev) = res
+                && matches!(
+                    ev.kind,
+                    notify::EventKind::Modify(_)
+                        | notify::EventKind::Create(_)
+                        | notify::EventKind::Any
+                )
+            {
                 for p in ev.paths {
                     let _ = watch_tx.send(Msg::Changed(p));
                 }
