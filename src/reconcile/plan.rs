@@ -105,11 +105,35 @@ impl Plan {
 
 /// Patterns whose instances are being rolled over to a new manifest or
 /// executable: at most one instance of each is down at a time.
-#[derive(Default)]
 struct Rollout<'a> {
+    desired: &'a DesiredSet,
+    observed: &'a Observed,
     /// Patterns with an instance not up: starting, stopping, or waiting
-    /// for a restart. Their rollout waits.
-    busy: HashSet<&'a str>,
+    /// for a restart. Their rollout waits. Computed on first use: most
+    /// passes have no pattern change at all.
+    busy: Option<HashSet<&'a str>>,
+}
+
+impl<'a> Rollout<'a> {
+    /// Marks `pattern` as having an instance going down; false when one
+    /// already is (the caller must wait).
+    fn take(&mut self, pattern: &'a str) -> bool {
+        let (desired, observed) = (self.desired, self.observed);
+        let busy = self.busy.get_or_insert_with(|| {
+            observed
+                .iter()
+                .filter(|(id, o)| match o.phase {
+                    Phase::Starting | Phase::Terminating => true,
+                    // A circuit-broken instance halts a rollout: the new
+                    // version may be what breaks it.
+                    Phase::Exited | Phase::Failed => desired.get(id).is_some(),
+                    Phase::Running | Phase::Finished => false,
+                })
+                .map(|(_, o)| o.spec.key.pattern.as_str())
+                .collect()
+        });
+        busy.insert(pattern)
+    }
 }
 
 /// Plans one pass. See the module doc.
@@ -121,19 +145,11 @@ pub fn plan(
     cfg: &PlanConfig,
 ) -> Plan {
     let mut plan = Plan::default();
-    let mut rollout = Rollout::default();
-    for (id, o) in observed {
-        let down = match o.phase {
-            Phase::Starting | Phase::Terminating => true,
-            // A circuit-broken instance halts a rollout: the new version
-            // may be what breaks it.
-            Phase::Exited | Phase::Failed => desired.get(id).is_some(),
-            Phase::Running | Phase::Finished => false,
-        };
-        if down {
-            rollout.busy.insert(o.spec.key.pattern.as_str());
-        }
-    }
+    let mut rollout = Rollout {
+        desired,
+        observed,
+        busy: None,
+    };
     // Both sides are sorted by process_id: walk them together.
     let mut want = desired.iter().peekable();
     let mut have = observed.iter().peekable();
@@ -236,7 +252,7 @@ fn plan_desired<'a>(
 ) {
     let change = change(d, o, catalog);
     let changed = change != Change::None;
-    let can_spawn = catalog.get(&d.spec().key.pattern).is_some();
+    let can_spawn = || catalog.get(&d.spec().key.pattern).is_some();
     let spawn = |reset_breaker| Action::Spawn {
         process_id: id.to_string(),
         reset_breaker,
@@ -249,7 +265,7 @@ fn plan_desired<'a>(
         // at a time (a starting one is left to come up, or fail, first).
         Phase::Running if change == Change::Pattern => {
             let pattern = o.spec.key.pattern.as_str();
-            if !cfg.rolling_restart || rollout.busy.insert(pattern) {
+            if !cfg.rolling_restart || rollout.take(pattern) {
                 plan.actions.push(stop(id, o, StopReason::SpecChanged, cfg));
             }
         }
@@ -285,7 +301,7 @@ fn plan_desired<'a>(
             }
         }
         Phase::Terminating => plan_terminating(id, o, now, plan),
-        Phase::Exited if can_spawn => {
+        Phase::Exited if can_spawn() => {
             if o.consecutive_failures >= cfg.breaker_threshold && !o.restart_now {
                 plan.actions.push(Action::BreakCircuit {
                     process_id: id.to_string(),
@@ -304,8 +320,8 @@ fn plan_desired<'a>(
                 plan.wake(due);
             }
         }
-        Phase::Failed if changed && can_spawn => plan.actions.push(spawn(true)),
-        Phase::Finished if can_spawn => plan.actions.push(spawn(false)),
+        Phase::Failed if changed && can_spawn() => plan.actions.push(spawn(true)),
+        Phase::Finished if can_spawn() => plan.actions.push(spawn(false)),
         Phase::Exited | Phase::Failed | Phase::Finished => {}
     }
 }
