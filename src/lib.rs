@@ -75,6 +75,28 @@ fn incoming(
     })
 }
 
+/// Warns when `--port-range` overlaps the kernel's ephemeral port range
+/// (unless those ports are reserved): any outgoing connection on the
+/// machine, the launcher's own probes included, may then hold a port that
+/// an instance is about to bind.
+fn warn_if_ephemeral(range: &RangeInclusive<u16>) {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).ok();
+    let Some((lo, hi)) = read("ip_local_port_range").and_then(|s| {
+        let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    }) else {
+        return;
+    };
+    let reserved = read("ip_local_reserved_ports").unwrap_or_default();
+    if range.start() <= &hi && &lo <= range.end() && reserved.trim().is_empty() {
+        tracing::warn!(
+            "--port-range {}-{} overlaps the ephemeral port range {lo}-{hi}: a client connection may take a port an instance is about to bind; reserve the range (sysctl net.ipv4.ip_local_reserved_ports) or choose one below {lo}",
+            range.start(),
+            range.end()
+        );
+    }
+}
+
 /// How long calls in flight may take to finish once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -259,6 +281,7 @@ impl Launcher {
                 p.isolation
             );
         }
+        warn_if_ephemeral(&self.port_range);
         let cgroups = Cgroups::detect(&cgroup_name(&self.state_dir));
         if cgroups.enforced() {
             tracing::info!("resource limits and process trees: {}", cgroups.describe());

@@ -45,7 +45,23 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// port, and the `--port-range` handed to instances).
 const PORT_BLOCK: u16 = 100;
 const PORT_BLOCK_FIRST: u16 = 20000;
-const PORT_BLOCK_LAST: u16 = 45000;
+const PORT_BLOCK_LAST_MAX: u16 = 45000;
+
+/// The last port a block may use: below the kernel's ephemeral range, where
+/// any client socket (a probe, grpcurl) may hold a port an instance is about
+/// to bind. Falls back to the old bound when that range starts too low.
+fn port_block_last() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let last = PORT_BLOCK_LAST_MAX.min(low.saturating_sub(1));
+    if last < PORT_BLOCK_FIRST + 20 * PORT_BLOCK {
+        PORT_BLOCK_LAST_MAX
+    } else {
+        last
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Waiting
@@ -236,7 +252,7 @@ impl PortBlock {
         let lock_dir = std::env::temp_dir().join("prism-launcher-test-ports");
         fs::create_dir_all(&lock_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", lock_dir.display()));
-        let blocks = (PORT_BLOCK_LAST - PORT_BLOCK_FIRST) / PORT_BLOCK;
+        let blocks = (port_block_last() - PORT_BLOCK_FIRST) / PORT_BLOCK;
         let wanted = ports.div_ceil(PORT_BLOCK).max(1);
         assert!(
             wanted <= blocks,
@@ -271,7 +287,8 @@ impl PortBlock {
             }
         }
         panic!(
-            "could not find {wanted} free adjacent blocks of {PORT_BLOCK} ports between {PORT_BLOCK_FIRST} and {PORT_BLOCK_LAST}"
+            "could not find {wanted} free adjacent blocks of {PORT_BLOCK} ports between {PORT_BLOCK_FIRST} and {}",
+            port_block_last()
         );
     }
 
