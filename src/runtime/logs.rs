@@ -4,7 +4,7 @@
 //!
 //! Processes write their files directly (no pipe through the launcher), so
 //! they keep running and logging if the launcher dies. One thread follows
-//! every file, woken by inotify and, as a backstop, once a second.
+//! every file, woken by inotify and, as a backstop, every few seconds.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,12 +12,15 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::Watcher;
 
 /// A log file larger than this is rotated (copied to `<file>.1`, truncated).
 pub const MAX_LOG_BYTES: u64 = 16 << 20;
+
+/// How often every followed file is checked whatever inotify said.
+const BACKSTOP: Duration = Duration::from_secs(5);
 
 /// Most bytes echoed per file per wake-up (the rest waits for the next).
 const MAX_READ: u64 = 256 << 10;
@@ -74,7 +77,7 @@ impl LogEcho {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(
-                    "cannot watch {} ({e}); instance output is echoed once a second",
+                    "cannot watch {} ({e}); instance output is echoed every few seconds",
                     dir.display()
                 );
                 None
@@ -103,8 +106,10 @@ impl LogEcho {
 
 fn follow(rx: &mpsc::Receiver<Msg>) {
     let mut files: HashMap<PathBuf, Followed> = HashMap::new();
+    let mut next_sweep = Instant::now() + BACKSTOP;
     loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
+        let wait = next_sweep.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
             Ok(Msg::Track(p, id)) => {
                 let offset = std::fs::metadata(&p).map_or(0, |m| m.len());
                 files.entry(p).or_insert(Followed {
@@ -124,9 +129,14 @@ fn follow(rx: &mpsc::Receiver<Msg>) {
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                // The backstop for lost events: a stat per file, a read
+                // only where something was appended.
                 for (p, f) in &mut files {
-                    echo(p, f);
+                    if std::fs::metadata(p).map_or(0, |m| m.len()) != f.offset {
+                        echo(p, f);
+                    }
                 }
+                next_sweep = Instant::now() + BACKSTOP;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
