@@ -58,6 +58,7 @@
 
 #![allow(dead_code)] // each includer uses a part of this module
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -700,6 +701,25 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(14).unwrap_or(0) + get(15).unwrap_or(0)
 }
 
+/// utime + stime of each thread of `pid`, summed by thread name.
+fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |field: usize| f.get(field - 3).and_then(|v| v.parse::<u64>().ok());
+        *by_name.entry(name.trim().to_string()).or_default() +=
+            get(14).unwrap_or(0) + get(15).unwrap_or(0);
+    }
+    by_name
+}
+
 fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf only reads a configuration value.
     let t = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
@@ -943,6 +963,9 @@ struct Ctx<'a> {
     report: Report,
     sessions: usize,
     raw_log: File,
+    /// CPU ticks of the launcher's threads (by name) over the steady
+    /// windows, and the windows' total length.
+    steady_threads: (BTreeMap<String, u64>, f64),
 }
 
 impl Drop for Ctx<'_> {
@@ -1015,6 +1038,7 @@ pub fn run_all(bins: &Bins, params: &Params) -> Report {
         report,
         sessions: 0,
         raw_log,
+        steady_threads: (BTreeMap::new(), 0.0),
     };
 
     planner(&mut ctx);
@@ -1030,6 +1054,20 @@ pub fn run_all(bins: &Bins, params: &Params) -> Report {
         }
     }
 
+    let (by_thread, secs) = std::mem::take(&mut ctx.steady_threads);
+    if secs > 0.0 {
+        let ticks = clock_ticks_per_sec();
+        let mut by_thread: Vec<(String, u64)> = by_thread.into_iter().collect();
+        by_thread.sort_by_key(|(name, t)| (std::cmp::Reverse(*t), name.clone()));
+        let parts: Vec<String> = by_thread
+            .iter()
+            .map(|(name, t)| format!("{name} {:.2} %", *t as f64 / ticks / secs * 100.0))
+            .collect();
+        ctx.report.notes.push(format!(
+            "steady-state CPU of the launcher by thread (% of one core, all windows): {}",
+            parts.join(", ")
+        ));
+    }
     let left = kill_token_processes(&ctx.token);
     if !left.is_empty() {
         ctx.report.notes.push(format!(
@@ -1406,9 +1444,14 @@ fn cold(ctx: &mut Ctx<'_>, n: usize, how: Declare, steady: bool) {
 fn steady_state(ctx: &mut Ctx<'_>, s: &Session, n: usize) {
     thread::sleep(SETTLE);
     let ticks = clock_ticks_per_sec();
-    let (t0, c0) = (Instant::now(), cpu_ticks(s.pid));
+    let (t0, c0, threads0) = (Instant::now(), cpu_ticks(s.pid), thread_ticks(s.pid));
     thread::sleep(ctx.params.steady);
-    let (took, c1) = (t0.elapsed(), cpu_ticks(s.pid));
+    let (took, c1, threads1) = (t0.elapsed(), cpu_ticks(s.pid), thread_ticks(s.pid));
+    for (name, t1) in threads1 {
+        let t0 = threads0.get(&name).copied().unwrap_or(0);
+        *ctx.steady_threads.0.entry(name).or_default() += t1.saturating_sub(t0);
+    }
+    ctx.steady_threads.1 += took.as_secs_f64();
     let cpu = (c1.saturating_sub(c0)) as f64 / ticks / took.as_secs_f64() * 100.0;
     let mb = |kb: Option<u64>| kb.unwrap_or(0) as f64 * 1024.0 / 1e6;
     let hwm = mb(status_kb(s.pid, "VmHWM"));
