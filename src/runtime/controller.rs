@@ -249,6 +249,12 @@ impl Controller {
             path: logs_dir.clone(),
             source,
         })?;
+        // inotify reports absolute paths: follow the logs by theirs, or a
+        // relative --state-dir (the default) would match no event.
+        let logs_dir = std::fs::canonicalize(&logs_dir).map_err(|source| SetupError::StateDir {
+            path: logs_dir.clone(),
+            source,
+        })?;
         let api_store = ApiStore::new(&cfg.state_dir);
         let mut desired = DesiredSet::default();
         for spec in api_store.load().map_err(SetupError::Store)? {
@@ -926,7 +932,8 @@ impl Controller {
             self.restore_api(&id, previous);
             return Err(CommandError::Unavailable(e));
         }
-        self.touch(&id);
+        // A launch of a running instance changes nothing: no new snapshot.
+        let mut changed = declared != Declared::Unchanged;
         let mut failed_starts = 0;
         if let Some(o) = self.observed.get_mut(&id) {
             failed_starts = o.failed_starts;
@@ -936,7 +943,11 @@ impl Controller {
                 o.phase = Phase::Exited;
                 o.consecutive_failures = 0;
                 o.restart_now = true;
+                changed = true;
             }
+        }
+        if changed {
+            self.touch(&id);
         }
         Ok(Accepted {
             process_id: id,
