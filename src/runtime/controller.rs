@@ -656,23 +656,24 @@ impl Controller {
     }
 
     fn source_statuses(&self) -> Vec<SourceStatus> {
+        // One walk over the desired set, not one per file.
+        let mut by_file: HashMap<&str, Vec<String>> = HashMap::new();
+        for (id, d) in self.desired.iter() {
+            for source in d.sources() {
+                if let Source::File(name) = source {
+                    by_file.entry(name.as_str()).or_default().push(id.clone());
+                }
+            }
+        }
         let mut v: Vec<SourceStatus> = self
             .files
             .keys()
-            .map(|name| {
-                let source = Source::File(name.clone());
-                SourceStatus {
-                    kind: SourceKind::Desired,
-                    path: source.to_string(),
-                    error: self.file_errors.get(name).cloned(),
-                    process_ids: self
-                        .desired
-                        .declared_by(&source)
-                        .iter()
-                        .map(|s| s.key.process_id())
-                        .collect(),
-                    pattern: String::new(),
-                }
+            .map(|name| SourceStatus {
+                kind: SourceKind::Desired,
+                path: Source::File(name.clone()).to_string(),
+                error: self.file_errors.get(name).cloned(),
+                process_ids: by_file.remove(name.as_str()).unwrap_or_default(),
+                pattern: String::new(),
             })
             .collect();
         v.extend(self.catalog.manifests().iter().map(|m| SourceStatus {
