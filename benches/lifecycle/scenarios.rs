@@ -1852,9 +1852,16 @@ pub mod planner_inputs {
         for i in 0..n {
             let changed = changed_every.is_some_and(|every| i % every == 0);
             let want = spec(i, if changed { "debug" } else { "info" });
+            let id = want.key.process_id();
             desired.declare(Source::Api, want).expect("declare");
-            let have = spec(i, "info");
-            let id = have.key.process_id();
+            // As in the launcher: a process's spec is a clone of the
+            // declaration it was started from, unless the declaration
+            // changed since.
+            let have = if changed {
+                spec(i, "info")
+            } else {
+                desired.get(&id).expect("declared").spec().clone()
+            };
             let base = 20_000 + 2 * (i % 20_000);
             let mut o = ObservedInstance::new(
                 have,

@@ -119,10 +119,19 @@ impl DesiredSet {
                 });
             }
         }
-        match inst.by_source.insert(source, spec.clone()) {
-            Some(old) if old == spec => Ok(Declared::Unchanged),
-            Some(_) => Ok(Declared::Updated),
-            None => Ok(Declared::Unchanged),
+        // An equal re-declaration keeps the stored spec: a process started
+        // from it shares its config, which keeps the planner's comparison a
+        // pointer check.
+        match inst.by_source.get(&source) {
+            Some(old) if *old == spec => Ok(Declared::Unchanged),
+            Some(_) => {
+                inst.by_source.insert(source, spec);
+                Ok(Declared::Updated)
+            }
+            None => {
+                inst.by_source.insert(source, spec);
+                Ok(Declared::Unchanged)
+            }
         }
     }
 
@@ -205,7 +214,9 @@ impl DesiredSet {
                 .or_insert_with(|| DesiredInstance {
                     by_source: BTreeMap::new(),
                 });
-            if inst.by_source.insert(source.clone(), spec.clone()).as_ref() != Some(spec) {
+            // Kept when equal (see `declare`).
+            if inst.by_source.get(source) != Some(spec) {
+                inst.by_source.insert(source.clone(), spec.clone());
                 touched.push(id);
             }
         }
@@ -223,6 +234,8 @@ impl DesiredSet {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::spec::{InstanceKey, Isolation};
 
@@ -242,6 +255,26 @@ mod tests {
             Ok(Declared::Unchanged)
         );
         assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn an_equal_redeclaration_keeps_the_stored_config() {
+        let mut d = DesiredSet::default();
+        let file = Source::File("f.yaml".into());
+        d.declare(Source::Api, spec("a", "x")).unwrap();
+        d.replace_source(&file, &[spec("b", "x")]).unwrap();
+        let api = d.get("ns:a:p").unwrap().spec().config.clone();
+        let from_file = d.get("ns:b:p").unwrap().spec().config.clone();
+        d.declare(Source::Api, spec("a", "x")).unwrap();
+        assert_eq!(d.replace_source(&file, &[spec("b", "x")]), Ok(vec![]));
+        assert!(Arc::ptr_eq(&api, &d.get("ns:a:p").unwrap().spec().config));
+        assert!(Arc::ptr_eq(
+            &from_file,
+            &d.get("ns:b:p").unwrap().spec().config
+        ));
+        d.declare(Source::Api, spec("a", "y")).unwrap_err();
+        d.replace_source(&file, &[spec("b", "y")]).unwrap();
+        assert_eq!(d.get("ns:b:p").unwrap().spec().config["LEVEL"], "y");
     }
 
     #[test]

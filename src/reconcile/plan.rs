@@ -495,7 +495,7 @@ mod tests {
         w.with("a", Phase::Failed);
         assert!(w.plan_at(Duration::from_secs(3600)).actions.is_empty());
         let mut changed = spec("a");
-        changed.config.insert("X".into(), "1".into());
+        Arc::make_mut(&mut changed.config).insert("X".into(), "1".into());
         w.desired = DesiredSet::default();
         w.desired
             .declare(Source::File("f.yaml".into()), changed)
@@ -617,7 +617,7 @@ mod tests {
         w.with("a", Phase::Running);
         w.with("b", Phase::Running);
         let mut changed = spec("b");
-        changed.config.insert("X".into(), "1".into());
+        Arc::make_mut(&mut changed.config).insert("X".into(), "1".into());
         w.desired
             .declare(Source::File("f.yaml".into()), changed)
             .unwrap();

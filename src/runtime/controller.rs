@@ -618,6 +618,20 @@ impl Controller {
             }
         }
         self.synced = true;
+        self.share_adopted_configs();
+    }
+
+    /// An adopted instance's spec was read from the process table, so its
+    /// config is a copy of the declaration's: share the declaration's, which
+    /// keeps the planner's per-pass comparison a pointer check.
+    fn share_adopted_configs(&mut self) {
+        for (id, o) in &mut self.observed {
+            if let Some(d) = self.desired.get(id)
+                && d.spec().config == o.spec.config
+            {
+                o.spec.config = d.spec().config.clone();
+            }
+        }
     }
 
     fn touch(&mut self, id: &str) {

@@ -9,6 +9,7 @@ pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -223,8 +224,11 @@ fn check_name(field: &'static str, value: &str) -> Result<(), SpecError> {
 pub struct InstanceSpec {
     /// Identity.
     pub key: InstanceKey,
-    /// Extra environment.
-    pub config: BTreeMap<String, String>,
+    /// Extra environment. Shared: the process's spec and the declaration it
+    /// was started from hold the same map, so the planner's check that they
+    /// still agree is a pointer comparison (`Arc`'s `PartialEq` compares
+    /// pointers first when `T: Eq`).
+    pub config: Arc<BTreeMap<String, String>>,
     /// Grace period for graceful stops; `None` is the launcher default.
     #[serde(with = "opt_secs", default)]
     pub grace_period: Option<Duration>,
@@ -240,7 +244,7 @@ impl InstanceSpec {
         validate_config(&config)?;
         Ok(InstanceSpec {
             key,
-            config,
+            config: Arc::new(config),
             grace_period,
         })
     }
