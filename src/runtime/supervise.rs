@@ -4,10 +4,11 @@
 //! Decides nothing: it never restarts, stops or signals a process.
 
 use std::process::ExitStatus;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// What a supervisor reports.
 #[derive(Debug)]
@@ -63,6 +64,23 @@ pub async fn probe(client: &reqwest::Client, t: &ProbeTarget) -> Result<(), Stri
     }
 }
 
+/// Liveness probes fall due on a grid of this fraction of their interval
+/// (at most [`GRID_MAX`]): the probes of many instances then share one
+/// wake-up of the runtime instead of waking it one by one, which with 1,000
+/// instances was most of the launcher's CPU in steady state.
+const GRID_DIVISOR: u32 = 64;
+const GRID_MAX: Duration = Duration::from_millis(500);
+
+/// The time on the grid at or after `at` (see [`GRID_DIVISOR`]).
+fn liveness_due(at: Instant, interval: Duration) -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let grid = (interval / GRID_DIVISOR).min(GRID_MAX).as_nanos().max(1);
+    let since = at.saturating_duration_since(origin).as_nanos();
+    let late = (grid - since % grid) % grid;
+    at + Duration::from_nanos(u64::try_from(late).unwrap_or(0))
+}
+
 async fn probe_loop(
     client: reqwest::Client,
     target: ProbeTarget,
@@ -96,7 +114,11 @@ async fn probe_loop(
     // Liveness: every interval; report failures and recoveries.
     let mut last_ok = true;
     loop {
-        tokio::time::sleep(target.interval).await;
+        tokio::time::sleep_until(liveness_due(
+            Instant::now() + target.interval,
+            target.interval,
+        ))
+        .await;
         match probe(&client, &target).await {
             Ok(()) if !last_ok => {
                 last_ok = true;
@@ -161,5 +183,141 @@ pub async fn supervise(
             let _ = tx.send(ProcEvent::Exited { process_id, epoch, status });
         }
         () = probes => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Answers `n` connections, one at a time, with `answer`; returns the
+    /// requests it read.
+    fn serve(answer: &'static str, n: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let mut req = Vec::new();
+                while !req.ends_with(b"\r\n\r\n") {
+                    let k = s.read(&mut buf).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..k]);
+                }
+                seen.push(String::from_utf8_lossy(&req).into_owned());
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+            seen
+        });
+        (port, h)
+    }
+
+    fn target(port: u16, timeout: Duration) -> ProbeTarget {
+        ProbeTarget {
+            url: format!("http://127.0.0.1:{port}/health?x=1"),
+            interval: Duration::from_secs(1),
+            timeout,
+        }
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_2xx_is_healthy_and_the_request_is_a_plain_get() {
+        let (port, h) = serve("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n", 1);
+        let t = target(port, Duration::from_secs(5));
+        assert_eq!(probe(&client(), &t).await, Ok(()));
+        let req = &h.join().unwrap()[0];
+        assert!(req.starts_with("GET /health?x=1 HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.contains(&format!("host: 127.0.0.1:{port}\r\n")),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_non_2xx_is_unhealthy_and_named() {
+        let (port, h) = serve("HTTP/1.0 503 Service Unavailable\r\n\r\nnot yet", 1);
+        let err = probe(&client(), &target(port, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            format!("GET http://127.0.0.1:{port}/health?x=1 answered 503 Service Unavailable")
+        );
+        h.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn refused_and_silent_servers_are_unhealthy() {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let err = probe(&client(), &target(port, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(err.ends_with("connection refused"), "{err}");
+
+        // Accepted (by the kernel, through the backlog) but never answered.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let err = probe(&client(), &target(port, Duration::from_millis(200)))
+            .await
+            .unwrap_err();
+        assert!(err.ends_with("timed out after 200ms"), "{err}");
+        drop(l);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_not_a_hang() {
+        let (port, h) = serve("SSH-2.0-OpenSSH\r\n\r\n", 1);
+        let err = probe(&client(), &target(port, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(
+            err.starts_with(&format!("GET http://127.0.0.1:{port}/health?x=1: ")),
+            "{err}"
+        );
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn liveness_probes_fall_due_on_a_shared_grid() {
+        let interval = Duration::from_secs(30);
+        let grid = interval / GRID_DIVISOR;
+        let now = Instant::now();
+        let mut dues = Vec::new();
+        for ms in (0..2_000).step_by(7) {
+            let at = now + Duration::from_millis(ms);
+            let due = liveness_due(at, interval);
+            assert!(due >= at && due < at + grid, "{at:?} -> {due:?}");
+            dues.push(due);
+        }
+        dues.dedup();
+        // 286 probes over 2 s share one wake-up per grid step they span.
+        assert!(
+            dues.len() <= 2_000 / grid.as_millis() as usize + 2,
+            "{dues:?}"
+        );
+        // A long interval's grid is capped; a short one's is fine-grained.
+        let long = Duration::from_secs(3600);
+        let at = now + Duration::from_millis(1);
+        assert!(liveness_due(at, long) < at + GRID_MAX);
+        let short = Duration::from_millis(64);
+        assert!(liveness_due(at, short) < at + Duration::from_millis(1));
     }
 }
