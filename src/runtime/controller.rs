@@ -1353,10 +1353,12 @@ impl Controller {
         let procs = cgroups.procs_files(id);
         match spawn::spawn(id, &o.spec, &pattern, o.ports, &log, &procs) {
             Ok(child) => {
-                let pid = child.id().unwrap_or(0);
-                // The child joined its cgroup before exec; this move is a
-                // no-op then, and the fallback when that write failed.
-                if let Err(e) = cgroups.add(id, pid) {
+                let pid = child.pid;
+                // The child joined its cgroups before exec; when one of its
+                // writes failed, move it from here (which says why).
+                if !child.joined_cgroups
+                    && let Err(e) = cgroups.add(id, pid)
+                {
                     tracing::error!("{id}: cannot move pid {pid} into its cgroup: {e}");
                     limits_text =
                         format!("NOT ENFORCED: cannot move the process into its cgroup: {e}");
@@ -1378,7 +1380,7 @@ impl Controller {
                 self.log_offsets.insert(id.to_string(), offset);
                 self.echo.track(log, pid_key.clone());
                 tokio::spawn(supervise(
-                    Exit::Child(child),
+                    Exit::Child(child.pidfd),
                     pid_key,
                     epoch,
                     probe_target(&pattern, o.ports),

@@ -3,6 +3,8 @@
 //!
 //! Decides nothing: it never restarts, stops or signals a process.
 
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -133,37 +135,49 @@ async fn probe_loop(
     }
 }
 
-/// How a supervisor learns that its process ended.
+/// How a supervisor learns that its process ended: a pidfd, readable once
+/// the process has exited.
 pub enum Exit {
-    /// Our child: wait for it (tokio reaps it through a pidfd).
-    Child(tokio::process::Child),
-    /// Adopted from an earlier launcher: not our child; its pidfd becomes
-    /// readable when it ends.
-    Adopted(std::os::fd::OwnedFd),
+    /// Our child: reaped through its pidfd, which also gives its status.
+    Child(OwnedFd),
+    /// Adopted from an earlier launcher: not our child, so its status
+    /// cannot be read.
+    Adopted(OwnedFd),
 }
 
 impl Exit {
     async fn wait(self) -> Result<ExitStatus, String> {
-        match self {
-            Exit::Child(mut child) => child.wait().await.map_err(|e| format!("wait failed: {e}")),
-            Exit::Adopted(fd) => {
-                // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it
-                // stays open and the same for the AsyncFd's whole life.
-                #[allow(unsafe_code)]
-                let registered = unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        fd,
-                        tokio::io::Interest::READABLE,
-                    )
-                };
-                match registered {
-                    Ok(afd) => match afd.readable().await {
-                        Ok(_) => Err("exited (status unknown: adopted from an earlier launcher, not our child)".into()),
-                        Err(e) => Err(format!("cannot watch the adopted process: {e}")),
-                    },
-                    Err(e) => Err(format!("cannot watch the adopted process: {e}")),
-                }
+        let (fd, ours) = match self {
+            Exit::Child(fd) => (fd, true),
+            Exit::Adopted(fd) => (fd, false),
+        };
+        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays
+        // open and the same for the AsyncFd's whole life.
+        #[allow(unsafe_code)]
+        let watched = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| format!("cannot watch the process: {e}"))?;
+        let _ = watched
+            .readable()
+            .await
+            .map_err(|e| format!("cannot watch the process: {e}"))?;
+        if !ours {
+            return Err(
+                "exited (status unknown: adopted from an earlier launcher, not our child)".into(),
+            );
+        }
+        let status = nix::sys::wait::waitid(
+            nix::sys::wait::Id::PIDFd(watched.get_ref().as_fd()),
+            nix::sys::wait::WaitPidFlag::WEXITED,
+        )
+        .map_err(|e| format!("wait failed: {e}"))?;
+        match status {
+            nix::sys::wait::WaitStatus::Exited(_, code) => Ok(ExitStatus::from_raw((code & 0xff) << 8)),
+            nix::sys::wait::WaitStatus::Signaled(_, sig, core) => {
+                Ok(ExitStatus::from_raw(sig as i32 | if core { 0x80 } else { 0 }))
             }
+            other => Err(format!("ended with an unexpected status: {other:?}")),
         }
     }
 }
