@@ -75,10 +75,11 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     })
 }
 
-fn mkdir(path: &Path) -> Result<(), CgroupError> {
+/// Creates a cgroup directory; true when it did not exist.
+fn mkdir(path: &Path) -> Result<bool, CgroupError> {
     match std::fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
         Err(source) => Err(CgroupError {
             path: path.to_path_buf(),
             source,
@@ -264,50 +265,64 @@ impl Cgroups {
     }
 
     /// Creates the instance's cgroup and writes its limits (clearing
-    /// limits it no longer has).
-    pub fn create(&self, process_id: &str, limits: Limits) -> Result<(), CgroupError> {
+    /// limits it no longer has). A new cgroup starts without limits, so
+    /// only the limits it has are written then. Returns whether the cgroup
+    /// is new (in every hierarchy), and so has seen no OOM kill yet.
+    pub fn create(&self, process_id: &str, limits: Limits) -> Result<bool, CgroupError> {
         let l = leaf(process_id);
         match self {
             Cgroups::V2(v) => {
                 let dir = v.parent.join(&l);
-                mkdir(&dir)?;
-                let mem = limits.memory.map_or("max".into(), |b| b.to_string());
-                write(&dir.join(V2_MEMORY_MAX), &mem)?;
+                let new = mkdir(&dir)?;
+                if !new || limits.memory.is_some() {
+                    let mem = limits.memory.map_or("max".into(), |b| b.to_string());
+                    write(&dir.join(V2_MEMORY_MAX), &mem)?;
+                }
                 if limits.memory.is_some() {
                     // Without swap the limit is a limit; absent when the
                     // kernel has no swap accounting.
                     let _ = write(&dir.join(V2_SWAP_MAX), "0");
                 }
-                let cpu = limits.cpu.map_or(format!("max {CPU_PERIOD_US}"), |c| {
-                    format!("{} {CPU_PERIOD_US}", quota_us(c))
-                });
-                write(&dir.join(V2_CPU_MAX), &cpu)
+                if !new || limits.cpu.is_some() {
+                    let cpu = limits.cpu.map_or(format!("max {CPU_PERIOD_US}"), |c| {
+                        format!("{} {CPU_PERIOD_US}", quota_us(c))
+                    });
+                    write(&dir.join(V2_CPU_MAX), &cpu)?;
+                }
+                Ok(new)
             }
             Cgroups::V1(v) => {
+                let mut all_new = true;
                 if let Some(m) = &v.memory {
                     let dir = m.join(&l);
-                    mkdir(&dir)?;
-                    let bytes = limits.memory.map_or("-1".into(), |b| b.to_string());
-                    // memsw must stay >= the memory limit: raise it first
-                    // when growing, after when shrinking; both only where
-                    // swap accounting exists.
-                    let _ = write(&dir.join(V1_MEMSW_LIMIT), "-1");
-                    write(&dir.join(V1_MEMORY_LIMIT), &bytes)?;
-                    let _ = write(&dir.join(V1_MEMSW_LIMIT), &bytes);
+                    let new = mkdir(&dir)?;
+                    all_new &= new;
+                    if !new || limits.memory.is_some() {
+                        let bytes = limits.memory.map_or("-1".into(), |b| b.to_string());
+                        // memsw must stay >= the memory limit: raise it
+                        // first when growing, after when shrinking; both
+                        // only where swap accounting exists.
+                        let _ = write(&dir.join(V1_MEMSW_LIMIT), "-1");
+                        write(&dir.join(V1_MEMORY_LIMIT), &bytes)?;
+                        let _ = write(&dir.join(V1_MEMSW_LIMIT), &bytes);
+                    }
                 }
                 if let Some(c) = &v.cpu {
                     let dir = c.join(&l);
-                    mkdir(&dir)?;
-                    write(&dir.join(V1_CFS_PERIOD), &CPU_PERIOD_US.to_string())?;
-                    let quota = limits.cpu.map_or("-1".into(), |c| quota_us(c).to_string());
-                    write(&dir.join(V1_CFS_QUOTA), &quota)?;
+                    let new = mkdir(&dir)?;
+                    all_new &= new;
+                    if !new || limits.cpu.is_some() {
+                        write(&dir.join(V1_CFS_PERIOD), &CPU_PERIOD_US.to_string())?;
+                        let quota = limits.cpu.map_or("-1".into(), |c| quota_us(c).to_string());
+                        write(&dir.join(V1_CFS_QUOTA), &quota)?;
+                    }
                 }
                 if let Some(f) = &v.freezer {
-                    mkdir(&f.join(&l))?;
+                    all_new &= mkdir(&f.join(&l))?;
                 }
-                Ok(())
+                Ok(all_new)
             }
-            Cgroups::Unsupported(_) => Ok(()),
+            Cgroups::Unsupported(_) => Ok(false),
         }
     }
 
@@ -580,11 +595,15 @@ mod tests {
             std::fs::read_to_string(dir.join(V2_CPU_MAX)).unwrap(),
             "50000 100000"
         );
+        // A new cgroup without limits keeps the kernel's defaults.
+        assert!(c.create("ns:b:p", Limits::default()).unwrap());
+        assert!(!t.path().join("ns:b:p").join(V2_CPU_MAX).exists());
+        assert!(!t.path().join("ns:b:p").join(V2_MEMORY_MAX).exists());
         assert_eq!(
             std::fs::read_to_string(dir.join(V2_MEMORY_MAX)).unwrap(),
             (64u64 << 20).to_string()
         );
-        c.create("ns:a:p", Limits::default()).unwrap();
+        assert!(!c.create("ns:a:p", Limits::default()).unwrap());
         assert_eq!(
             std::fs::read_to_string(dir.join(V2_CPU_MAX)).unwrap(),
             "max 100000"
@@ -595,7 +614,7 @@ mod tests {
         );
         std::fs::write(dir.join(V2_MEMORY_EVENTS), "low 0\noom 2\noom_kill 1\n").unwrap();
         assert_eq!(c.oom_kills("ns:a:p"), 1);
-        assert_eq!(c.instances(), vec!["ns:a:p"]);
+        assert_eq!(c.instances(), vec!["ns:a:p", "ns:b:p"]);
     }
 
     #[test]

@@ -1328,11 +1328,15 @@ impl Controller {
             memory: pattern.resources.memory_limit,
         };
         let mut limits_text = self.limits_text(&pattern);
-        if let Err(e) = self.cfg.cgroups.create(id, limits) {
-            tracing::error!("{id}: cannot set up its cgroup: {e}");
-            limits_text = format!("NOT ENFORCED: cannot set up the cgroup: {e}");
-        }
-        let oom_before = self.cfg.cgroups.oom_kills(id);
+        let oom_before = match self.cfg.cgroups.create(id, limits) {
+            Ok(true) => 0,
+            Ok(false) => self.cfg.cgroups.oom_kills(id),
+            Err(e) => {
+                tracing::error!("{id}: cannot set up its cgroup: {e}");
+                limits_text = format!("NOT ENFORCED: cannot set up the cgroup: {e}");
+                self.cfg.cgroups.oom_kills(id)
+            }
+        };
         let cgroups = self.cfg.cgroups.clone();
         let Some(o) = self.observed.get_mut(id) else {
             return;
