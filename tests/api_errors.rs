@@ -129,3 +129,52 @@ fn relaunching_an_existing_instance_with_a_different_config_is_failed_preconditi
     assert!(pid_alive(pid));
     env.assert_still_serving();
 }
+
+#[test]
+fn a_launch_that_cannot_be_persisted_is_unavailable_and_declares_nothing() {
+    let env = TestEnv::start();
+    let running = env.launch_running("test-pattern", "kept", &[]);
+    // The store is replaced through `<file>.tmp`; a directory there makes
+    // every write fail, even for root.
+    let blocker = env.state_dir.join("api-instances.json.tmp");
+    std::fs::create_dir(&blocker).expect("blocking directory");
+
+    // Several launches at once: they share one write, and all fail.
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let port = env.ports.grpc_port();
+            std::thread::spawn(move || {
+                grpcurl_call(
+                    port,
+                    "LaunchPattern",
+                    &json!({"pattern_name": "test-pattern", "isolation": "ISOLATION_NAMESPACE",
+                            "namespace": format!("lost-{i}")}),
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let e = expect_code(h.join().expect("client thread"), "Unavailable");
+        assert!(
+            e.message.contains("api-instances.json"),
+            "the error should name the store: {e}"
+        );
+    }
+    let ids: Vec<String> = env.list().iter().map(|p| jstr(p, "processId")).collect();
+    assert_eq!(
+        ids,
+        vec!["ns:kept:test-pattern"],
+        "a launch that was not persisted left an instance"
+    );
+    assert!(pid_alive(jint(&running, "pid")));
+
+    std::fs::remove_dir(&blocker).expect("remove the blocker");
+    env.launch_running("test-pattern", "lost-0", &[]);
+    let stored = std::fs::read_to_string(env.state_dir.join("api-instances.json"))
+        .expect("the store is written");
+    assert!(
+        stored.contains("lost-0") && stored.contains("kept"),
+        "{stored}"
+    );
+    assert!(!stored.contains("lost-1"), "{stored}");
+}

@@ -102,6 +102,17 @@ pub struct Accepted {
     pub failed_starts: u64,
 }
 
+/// A launch waiting for the API declarations to be persisted.
+struct UnsavedLaunch {
+    /// The instance.
+    process_id: String,
+    /// The API's declaration before this launch, when the launch changed
+    /// it (restored if it cannot be persisted).
+    previous: Option<Option<InstanceSpec>>,
+    reply: oneshot::Sender<Result<Accepted, CommandError>>,
+    accepted: Accepted,
+}
+
 /// Requests to the controller.
 #[derive(Debug)]
 pub enum Command {
@@ -210,6 +221,9 @@ pub struct Controller {
     shutting_down: bool,
     table: ProcessTable,
     table_dirty: bool,
+    /// Launches answered once the API declarations are persisted, which
+    /// happens once for all the launches a pass takes in.
+    unsaved_launches: Vec<UnsavedLaunch>,
     /// Orphaned cgroups sent SIGTERM, and when they get SIGKILL.
     reaping: Vec<(String, Instant)>,
     next_sweep: Instant,
@@ -321,6 +335,7 @@ impl Controller {
             shutting_down: false,
             table,
             table_dirty: true,
+            unsaved_launches: Vec::new(),
             reaping: Vec::new(),
             next_sweep: started,
             synced: false,
@@ -597,6 +612,7 @@ impl Controller {
                     Err(_) => break,
                 }
             }
+            self.save_launches();
         }
     }
 
@@ -886,10 +902,28 @@ impl Controller {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Launch { params, reply } => {
-                let r = self.launch(params);
-                let _ = reply.send(r);
-            }
+            Command::Launch { params, reply } => match self.launch(params) {
+                Ok((accepted, previous)) => {
+                    let pending = previous.is_some()
+                        || self
+                            .unsaved_launches
+                            .iter()
+                            .any(|u| u.process_id == accepted.process_id);
+                    if pending {
+                        self.unsaved_launches.push(UnsavedLaunch {
+                            process_id: accepted.process_id.clone(),
+                            previous,
+                            reply,
+                            accepted,
+                        });
+                    } else {
+                        let _ = reply.send(Ok(accepted));
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::Terminate {
                 process_id,
                 grace,
@@ -906,7 +940,14 @@ impl Controller {
         }
     }
 
-    fn launch(&mut self, p: LaunchParams) -> Result<Accepted, CommandError> {
+    /// Declares the instance; also returns the API's previous declaration
+    /// when this one changed it (it is not persisted yet: see
+    /// [`Controller::save_launches`]).
+    #[allow(clippy::type_complexity)]
+    fn launch(
+        &mut self,
+        p: LaunchParams,
+    ) -> Result<(Accepted, Option<Option<InstanceSpec>>), CommandError> {
         if self.shutting_down {
             return Err(CommandError::Unavailable(
                 "the launcher is shutting down".into(),
@@ -941,12 +982,6 @@ impl Controller {
             .desired
             .declare(Source::Api, spec)
             .map_err(|e| CommandError::FailedPrecondition(e.to_string()))?;
-        if declared != Declared::Unchanged
-            && let Err(e) = self.persist_api()
-        {
-            self.restore_api(&id, previous);
-            return Err(CommandError::Unavailable(e));
-        }
         // A launch of a running instance changes nothing: no new snapshot.
         let mut changed = declared != Declared::Unchanged;
         let mut failed_starts = 0;
@@ -964,10 +999,42 @@ impl Controller {
         if changed {
             self.touch(&id);
         }
-        Ok(Accepted {
-            process_id: id,
-            failed_starts,
-        })
+        let previous = (declared != Declared::Unchanged).then_some(previous);
+        Ok((
+            Accepted {
+                process_id: id,
+                failed_starts,
+            },
+            previous,
+        ))
+    }
+
+    /// Persists the API declarations once for every launch taken in since
+    /// the last pass, then answers them; when the write fails, their
+    /// declarations are taken back (latest first) and they are refused.
+    fn save_launches(&mut self) {
+        if self.unsaved_launches.is_empty() {
+            return;
+        }
+        let launches = std::mem::take(&mut self.unsaved_launches);
+        match self.persist_api() {
+            Ok(()) => {
+                for u in launches {
+                    let _ = u.reply.send(Ok(u.accepted));
+                }
+            }
+            Err(e) => {
+                for u in launches.iter().rev() {
+                    if let Some(previous) = &u.previous {
+                        self.restore_api(&u.process_id, previous.clone());
+                        self.touch(&u.process_id);
+                    }
+                }
+                for u in launches {
+                    let _ = u.reply.send(Err(CommandError::Unavailable(e.clone())));
+                }
+            }
+        }
     }
 
     fn terminate(

@@ -258,7 +258,11 @@ impl ChildSetup {
         // shares our memory: block everything around the clone; the child
         // resets the handlers before it unblocks.
         let mut old = SigSet::empty();
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))?;
+        pthread_sigmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut old),
+        )?;
         let flags = CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
         // SAFETY: with CLONE_VFORK this thread is suspended until the child
         // execs or exits, so everything the child reads (self, the
@@ -298,7 +302,9 @@ impl ChildSetup {
                 let _ = nix::sys::wait::waitpid(pid, None);
                 return Err(std::io::Error::new(
                     e.kind(),
-                    format!("cannot open a pidfd of the new process (Linux 5.3 or later is needed): {e}"),
+                    format!(
+                        "cannot open a pidfd of the new process (Linux 5.3 or later is needed): {e}"
+                    ),
                 ));
             }
         };
@@ -330,7 +336,8 @@ impl ChildSetup {
                 if libc::sigaction(sig, std::ptr::null(), &mut cur) != 0 {
                     continue;
                 }
-                let handled = cur.sa_sigaction != libc::SIG_DFL && cur.sa_sigaction != libc::SIG_IGN;
+                let handled =
+                    cur.sa_sigaction != libc::SIG_DFL && cur.sa_sigaction != libc::SIG_IGN;
                 if handled || (sig == libc::SIGPIPE && cur.sa_sigaction == libc::SIG_IGN) {
                     let mut dfl: libc::sigaction = std::mem::zeroed();
                     dfl.sa_sigaction = libc::SIG_DFL;
@@ -473,10 +480,7 @@ mod tests {
                       echo \"pgid=$(cut -d' ' -f5 /proc/$$/stat) pid=$$\"; \
                       read line || echo stdin-empty; echo oops >&2; exit 3";
         let pattern = sh_pattern(&dir, script);
-        let ports = Ports {
-            grpc: 1,
-            health: 2,
-        };
+        let ports = Ports { grpc: 1, health: 2 };
         let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &procs).unwrap();
         assert!(s.joined_cgroups);
         assert_eq!(
@@ -521,7 +525,15 @@ mod tests {
         let pattern = sh_pattern(t.path(), "exit 0");
         let ports = Ports { grpc: 1, health: 2 };
         let procs = [t.path().join("missing").join("cgroup.procs")];
-        let s = spawn("ns:t:p", &spec(), &pattern, ports, &t.path().join("l"), &procs).unwrap();
+        let s = spawn(
+            "ns:t:p",
+            &spec(),
+            &pattern,
+            ports,
+            &t.path().join("l"),
+            &procs,
+        )
+        .unwrap();
         assert!(!s.joined_cgroups);
         assert_eq!(
             wait(&s),
@@ -552,7 +564,10 @@ mod tests {
         let text = spawn("ns:t:p", &spec(), &gone, ports, &log, &[])
             .unwrap_err()
             .to_string();
-        assert!(text.contains("cannot enter the pattern directory"), "{text}");
+        assert!(
+            text.contains("cannot enter the pattern directory"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -173,10 +173,12 @@ impl Exit {
         )
         .map_err(|e| format!("wait failed: {e}"))?;
         match status {
-            nix::sys::wait::WaitStatus::Exited(_, code) => Ok(ExitStatus::from_raw((code & 0xff) << 8)),
-            nix::sys::wait::WaitStatus::Signaled(_, sig, core) => {
-                Ok(ExitStatus::from_raw(sig as i32 | if core { 0x80 } else { 0 }))
+            nix::sys::wait::WaitStatus::Exited(_, code) => {
+                Ok(ExitStatus::from_raw((code & 0xff) << 8))
             }
+            nix::sys::wait::WaitStatus::Signaled(_, sig, core) => Ok(ExitStatus::from_raw(
+                sig as i32 | if core { 0x80 } else { 0 },
+            )),
             other => Err(format!("ended with an unexpected status: {other:?}")),
         }
     }
