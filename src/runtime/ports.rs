@@ -25,6 +25,9 @@ pub struct Exhausted {
 pub struct PortAllocator {
     range: RangeInclusive<u16>,
     held: BTreeSet<u16>,
+    /// Every port of the range below this one is held: the search for the
+    /// lowest free port starts here instead of walking all held ports.
+    low: u32,
     bindable: fn(u16) -> bool,
 }
 
@@ -37,20 +40,35 @@ impl PortAllocator {
     /// An allocator over `range`, checking ports with `bindable`.
     pub fn new(range: RangeInclusive<u16>, bindable: fn(u16) -> bool) -> Self {
         PortAllocator {
+            low: u32::from(*range.start()),
             range,
             held: BTreeSet::new(),
             bindable,
         }
     }
 
-    fn lowest_free(&self) -> Result<u16, Exhausted> {
-        self.range
-            .clone()
-            .find(|p| !self.held.contains(p) && (self.bindable)(*p))
-            .ok_or(Exhausted {
-                start: *self.range.start(),
-                end: *self.range.end(),
-            })
+    fn lowest_free(&mut self) -> Result<u16, Exhausted> {
+        let end = u32::from(*self.range.end());
+        while self.low <= end && self.held.contains(&(self.low as u16)) {
+            self.low += 1;
+        }
+        let from = u16::try_from(self.low).unwrap_or(u16::MAX);
+        let mut above = self.held.range(from..).peekable();
+        for p in self.low..=end {
+            let p = p as u16;
+            // The held ports come in order: skip them without a lookup each.
+            while above.next_if(|h| **h < p).is_some() {}
+            if above.peek() == Some(&&p) {
+                continue;
+            }
+            if (self.bindable)(p) {
+                return Ok(p);
+            }
+        }
+        Err(Exhausted {
+            start: *self.range.start(),
+            end: *self.range.end(),
+        })
     }
 
     /// Assigns the two ports of a new instance.
@@ -62,7 +80,7 @@ impl PortAllocator {
             _ => match self.lowest_free() {
                 Ok(p) => p,
                 Err(e) => {
-                    self.held.remove(&grpc);
+                    self.free(grpc);
                     return Err(e);
                 }
             },
@@ -79,8 +97,14 @@ impl PortAllocator {
 
     /// Frees an instance's ports.
     pub fn release(&mut self, ports: Ports) {
-        self.held.remove(&ports.grpc);
-        self.held.remove(&ports.health);
+        self.free(ports.grpc);
+        self.free(ports.health);
+    }
+
+    fn free(&mut self, port: u16) {
+        if self.held.remove(&port) && self.range.contains(&port) {
+            self.low = self.low.min(u32::from(port));
+        }
     }
 }
 
@@ -136,6 +160,40 @@ mod tests {
                 health: 54
             }
         );
+    }
+
+    #[test]
+    fn the_lowest_free_port_is_found_among_many_held_and_released() {
+        let mut a = PortAllocator::new(1000..=1999, all_free);
+        let all: Vec<Ports> = (0..500).map(|_| a.assign(None).unwrap()).collect();
+        assert_eq!(
+            all[499],
+            Ports {
+                grpc: 1998,
+                health: 1999
+            }
+        );
+        a.release(all[100]);
+        a.release(all[7]);
+        assert_eq!(
+            a.assign(None).unwrap(),
+            Ports {
+                grpc: 1014,
+                health: 1015
+            }
+        );
+        assert_eq!(
+            a.assign(None).unwrap(),
+            Ports {
+                grpc: 1200,
+                health: 1201
+            }
+        );
+        assert!(a.assign(None).is_err());
+        // Ports held from outside (adopted) are skipped too.
+        let mut b = PortAllocator::new(1..=10, all_free);
+        b.hold(Ports { grpc: 1, health: 3 });
+        assert_eq!(b.assign(None).unwrap(), Ports { grpc: 2, health: 4 });
     }
 
     #[test]
