@@ -435,6 +435,84 @@ fn a_pattern_allocating_past_its_memory_limit_is_oom_killed_reported_and_restart
     assert_eq!(jint(&calm_now, "pid"), calm_pid, "{calm_now}");
 }
 
+/// The CPU quota of a cgroup in microseconds per 100 ms period, as text
+/// ("max" or "-1" when unlimited): `cpu.max` on v2, `cpu.cfs_quota_us` on v1.
+fn cpu_quota(dir: &Path) -> String {
+    let v2 = cgroup_file(dir, "cpu.max");
+    match v2.split_whitespace().next() {
+        Some(q) => q.to_string(),
+        None => cgroup_file(dir, "cpu.cfs_quota_us"),
+    }
+}
+
+/// Replaces a pattern's manifest the way an operator's deploy should:
+/// written aside, then renamed over the old one.
+fn replace_manifest(env: &TestEnv, dir: &str, yaml: &str) {
+    let target = env.patterns_dir.join(dir).join("manifest.yaml");
+    let tmp = env.path("manifest.yaml.next");
+    fs::write(&tmp, yaml).expect("write the new manifest");
+    fs::rename(&tmp, &target).expect("rename the new manifest in");
+}
+
+#[test]
+fn a_crash_restart_keeps_the_cgroup_limits_and_a_manifest_change_rewrites_them() {
+    let _measure = shared();
+    let env = TestEnv::builder()
+        .raw_manifest(
+            "capped",
+            &limited_manifest("capped", &[("cpu_limit", "0.5")]),
+        )
+        .start();
+    let id = "ns:a:capped";
+    let quota_of = |pid: i64| {
+        cgroup_dir(pid, "cpu")
+            .map(|d| cpu_quota(&d))
+            .unwrap_or_else(|| panic!("no cpu cgroup for pid {pid}"))
+    };
+    let first = jint(&env.launch_running("capped", "a", &[]), "pid");
+    assert_eq!(quota_of(first), "50000");
+
+    // Wait for a new RUNNING process of `id` other than `old`.
+    let next_pid = |old: i64| {
+        wait_for(WAIT, || {
+            env.find(id)
+                .filter(|p| is_running(p) && jint(p, "pid") != old && jint(p, "pid") > 0)
+                .map(|p| jint(&p, "pid"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{id} did not come back after pid {old}
+{}",
+                env.log_tail(40)
+            )
+        })
+    };
+
+    // A crash: the new process starts in the same cgroup, same limit.
+    signal(first, Signal::SIGKILL);
+    let second = next_pid(first);
+    assert_eq!(quota_of(second), "50000");
+
+    // A new limit in the manifest: the rollout restarts it under the new one.
+    replace_manifest(
+        &env,
+        "capped",
+        &limited_manifest("capped", &[("cpu_limit", "0.25")]),
+    );
+    let third = next_pid(second);
+    assert_eq!(quota_of(third), "25000");
+
+    // No limit any more: the quota is cleared, not left behind.
+    let unlimited = limited_manifest("capped", &[]).replace("resources:\n", "");
+    replace_manifest(&env, "capped", &unlimited);
+    let fourth = next_pid(third);
+    let q = quota_of(fourth);
+    assert!(
+        q == "-1" || q == "max",
+        "quota after the limit was removed: {q}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 2. cpu limit: a busy loop gets about half a core
 // ---------------------------------------------------------------------------

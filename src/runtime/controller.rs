@@ -221,6 +221,9 @@ pub struct Controller {
     shutting_down: bool,
     table: ProcessTable,
     table_dirty: bool,
+    /// The limits last written into each observed instance's cgroup: a
+    /// restart with the same limits leaves the cgroup as it is.
+    cgroup_limits: HashMap<String, Limits>,
     /// Launches answered once the API declarations are persisted, which
     /// happens once for all the launches a pass takes in.
     unsaved_launches: Vec<UnsavedLaunch>,
@@ -335,6 +338,7 @@ impl Controller {
             shutting_down: false,
             table,
             table_dirty: true,
+            cgroup_limits: HashMap::new(),
             unsaved_launches: Vec::new(),
             reaping: Vec::new(),
             next_sweep: started,
@@ -1300,6 +1304,7 @@ impl Controller {
             Action::Forget { process_id } => {
                 if let Some(o) = self.observed.remove(&process_id) {
                     self.ports.release(o.ports);
+                    self.cgroup_limits.remove(&process_id);
                     if let Err(e) = self.cfg.cgroups.remove(&process_id) {
                         tracing::warn!("{process_id}: cannot remove its cgroup: {e}");
                     }
@@ -1395,14 +1400,26 @@ impl Controller {
             memory: pattern.resources.memory_limit,
         };
         let mut limits_text = self.limits_text(&pattern);
-        let oom_before = match self.cfg.cgroups.create(id, limits) {
-            Ok(true) => 0,
-            Ok(false) => self.cfg.cgroups.oom_kills(id),
-            Err(e) => {
-                tracing::error!("{id}: cannot set up its cgroup: {e}");
-                limits_text = format!("NOT ENFORCED: cannot set up the cgroup: {e}");
-                self.cfg.cgroups.oom_kills(id)
-            }
+        let known = self.cgroup_limits.get(id) == Some(&limits);
+        let oom_before = match self.observed.get(id) {
+            // A restart: the cgroup is as this launcher left it, and its
+            // OOM-kill count was read when the last process exited.
+            Some(o) if known => o.oom_kills_before,
+            _ => match self.cfg.cgroups.create(id, limits) {
+                Ok(new) => {
+                    self.cgroup_limits.insert(id.to_string(), limits);
+                    if new {
+                        0
+                    } else {
+                        self.cfg.cgroups.oom_kills(id)
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("{id}: cannot set up its cgroup: {e}");
+                    limits_text = format!("NOT ENFORCED: cannot set up the cgroup: {e}");
+                    self.cfg.cgroups.oom_kills(id)
+                }
+            },
         };
         let cgroups = self.cfg.cgroups.clone();
         let Some(o) = self.observed.get_mut(id) else {
@@ -1427,6 +1444,10 @@ impl Controller {
                 let pid = child.pid;
                 // The child joined its cgroups before exec; when one of its
                 // writes failed, move it from here (which says why).
+                if !child.joined_cgroups {
+                    // Set the cgroup up again at the next start.
+                    self.cgroup_limits.remove(id);
+                }
                 if !child.joined_cgroups
                     && let Err(e) = cgroups.add(id, pid)
                 {
