@@ -76,10 +76,15 @@ fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
 
 /// Every instance costs the launcher a few descriptors (pidfd, probe
 /// sockets): lift the soft limit on open files to the hard one, as
-/// supervisors usually do.
+/// supervisors usually do. Instances get the limits the launcher started
+/// with.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
+    let limits = getrlimit(Resource::RLIMIT_NOFILE);
+    if let Ok((soft, hard)) = limits {
+        prism_launcher::runtime::spawn::keep_child_fd_limit(soft, hard);
+    }
+    match limits {
         Ok((soft, hard)) if soft < hard => {
             if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
                 tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");

@@ -11,6 +11,7 @@ use std::os::raw::c_char;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use nix::sched::CloneFlags;
@@ -151,12 +152,16 @@ struct ChildSetup {
     exe: CString,
     /// NUL-terminated pointer arrays into `strings`.
     argv: Vec<*const c_char>,
+    /// `/bin/sh` then `argv`: for an executable without a `#!` line.
+    sh_argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
     dir: CString,
     /// stdin, stdout, stderr, each at fd 3 or above (so the `dup2`s onto
     /// 0, 1 and 2 never overwrite one another).
     stdio: [OwnedFd; 3],
     cgroup_procs: Vec<CString>,
+    /// Open-file limits to restore (see [`keep_child_fd_limit`]).
+    nofile: Option<(u64, u64)>,
     /// Owns what `argv` and `envp` point into.
     _strings: Vec<CString>,
 }
@@ -168,6 +173,19 @@ const STAGE_PGID: i32 = 1;
 const STAGE_STDIO: i32 = 2;
 const STAGE_CHDIR: i32 = 3;
 const STAGE_EXEC: i32 = 4;
+
+/// The open-file limits the launcher was started with, before it raised its
+/// own soft limit: its children get these back, as under a shell.
+static CHILD_NOFILE: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Records the open-file limits (soft, hard) that started processes get,
+/// whatever the launcher sets for itself later. The first call wins.
+pub fn keep_child_fd_limit(soft: u64, hard: u64) {
+    let _ = CHILD_NOFILE.set((soft, hard));
+}
+
+/// The shell that runs an executable without a `#!` line.
+const SH: &std::ffi::CStr = c"/bin/sh";
 
 /// Stack of the child until it execs; it runs a few small frames.
 const CHILD_STACK: usize = 64 * 1024;
@@ -220,6 +238,8 @@ impl ChildSetup {
             p
         };
         let argv = ptrs(&strings[..argc]);
+        let mut sh_argv = vec![SH.as_ptr()];
+        sh_argv.extend_from_slice(&argv);
         let envp = ptrs(&strings[argc..]);
         let [i, o, e] = stdio;
         let high = |fd: OwnedFd| -> std::io::Result<OwnedFd> {
@@ -234,6 +254,7 @@ impl ChildSetup {
         Ok(ChildSetup {
             exe,
             argv,
+            sh_argv,
             envp,
             dir: nul_free(pattern.dir.as_os_str().as_bytes())?,
             stdio: [high(i)?, high(o)?, high(e)?],
@@ -241,6 +262,7 @@ impl ChildSetup {
                 .iter()
                 .map(|p| nul_free(p.as_os_str().as_bytes()))
                 .collect::<Result<_, _>>()?,
+            nofile: CHILD_NOFILE.get().copied(),
             _strings: strings,
         })
     }
@@ -331,7 +353,7 @@ impl ChildSetup {
             // Handlers back to the default before signals are unblocked;
             // SIGPIPE too, which the Rust runtime ignores. Other ignored
             // signals stay ignored, as across any exec.
-            for sig in 1..libc::SIGRTMAX() {
+            for sig in 1..=libc::SIGRTMAX() {
                 let mut cur: libc::sigaction = std::mem::zeroed();
                 if libc::sigaction(sig, std::ptr::null(), &mut cur) != 0 {
                     continue;
@@ -358,6 +380,15 @@ impl ChildSetup {
             if libc::chdir(self.dir.as_ptr()) != 0 {
                 return fail(STAGE_CHDIR);
             }
+            if let Some((soft, hard)) = self.nofile {
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                // Lowering a limit is always allowed; on failure the
+                // pattern keeps the launcher's.
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
             for path in &self.cgroup_procs {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
@@ -370,6 +401,12 @@ impl ChildSetup {
                 libc::close(fd);
             }
             libc::execve(self.exe.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+            // A script without a `#!` line runs under /bin/sh, as execvp
+            // (and so std's Command) runs it.
+            if nix::errno::Errno::last_raw() == libc::ENOEXEC {
+                libc::execve(SH.as_ptr(), self.sh_argv.as_ptr(), self.envp.as_ptr());
+                nix::errno::Errno::set_raw(libc::ENOEXEC);
+            }
         }
         fail(STAGE_EXEC)
     }
@@ -568,6 +605,47 @@ mod tests {
             text.contains("cannot enter the pattern directory"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn children_get_the_open_file_limit_the_launcher_started_with() {
+        let (_, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        keep_child_fd_limit(512, hard);
+        let t = tempfile::tempdir().unwrap();
+        let mut cat = sh_pattern(t.path(), "");
+        cat.executable = PathBuf::from("/bin/cat");
+        cat.args = vec!["/proc/self/limits".into()];
+        let log = t.path().join("l");
+        let ports = Ports { grpc: 1, health: 2 };
+        let s = spawn("ns:t:p", &spec(), &cat, ports, &log, &[]).unwrap();
+        wait(&s);
+        let limits = std::fs::read_to_string(&log).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        assert_eq!(line.split_whitespace().nth(3), Some("512"), "{line}");
+    }
+
+    #[test]
+    fn an_executable_without_a_shebang_line_runs_under_sh() {
+        let t = tempfile::tempdir().unwrap();
+        let script = t.path().join("plain");
+        std::fs::write(&script, "echo \"plain script ran with $1\"\nexit 4\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut pattern = sh_pattern(t.path(), "");
+        pattern.executable = script;
+        pattern.args = vec!["an-arg".into()];
+        let log = t.path().join("l");
+        let ports = Ports { grpc: 1, health: 2 };
+        let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &[]).unwrap();
+        assert_eq!(
+            wait(&s),
+            nix::sys::wait::WaitStatus::Exited(Pid::from_raw(s.pid as i32), 4)
+        );
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(out, "plain script ran with an-arg\n");
     }
 
     #[test]

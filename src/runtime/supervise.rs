@@ -3,7 +3,7 @@
 //!
 //! Decides nothing: it never restarts, stops or signals a process.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::{Arc, OnceLock};
@@ -167,20 +167,31 @@ impl Exit {
                 "exited (status unknown: adopted from an earlier launcher, not our child)".into(),
             );
         }
-        let status = nix::sys::wait::waitid(
-            nix::sys::wait::Id::PIDFd(watched.get_ref().as_fd()),
-            nix::sys::wait::WaitPidFlag::WEXITED,
-        )
-        .map_err(|e| format!("wait failed: {e}"))?;
-        match status {
-            nix::sys::wait::WaitStatus::Exited(_, code) => {
-                Ok(ExitStatus::from_raw((code & 0xff) << 8))
-            }
-            nix::sys::wait::WaitStatus::Signaled(_, sig, core) => Ok(ExitStatus::from_raw(
-                sig as i32 | if core { 0x80 } else { 0 },
-            )),
-            other => Err(format!("ended with an unexpected status: {other:?}")),
+        reap(watched.get_ref())
+    }
+}
+
+/// Reaps our exited child through its pidfd and returns how it ended.
+/// (Not nix's `waitid`, which cannot represent a death by a real-time
+/// signal.)
+#[allow(unsafe_code)]
+fn reap(pidfd: &OwnedFd) -> Result<ExitStatus, String> {
+    use nix::libc;
+    // SAFETY: waitid writes a siginfo_t into the zeroed one we own; the
+    // pidfd is open for the call.
+    let (code, status) = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let fd = libc::id_t::try_from(pidfd.as_raw_fd()).unwrap_or(libc::id_t::MAX);
+        if libc::waitid(libc::P_PIDFD, fd, &mut info, libc::WEXITED) != 0 {
+            return Err(format!("wait failed: {}", std::io::Error::last_os_error()));
         }
+        (info.si_code, info.si_status())
+    };
+    match code {
+        libc::CLD_EXITED => Ok(ExitStatus::from_raw((status & 0xff) << 8)),
+        libc::CLD_KILLED => Ok(ExitStatus::from_raw(status & 0x7f)),
+        libc::CLD_DUMPED => Ok(ExitStatus::from_raw((status & 0x7f) | 0x80)),
+        other => Err(format!("ended in an unexpected way (si_code {other})")),
     }
 }
 
@@ -309,6 +320,43 @@ mod tests {
             "{err}"
         );
         h.join().unwrap();
+    }
+
+    fn sleeper(t: &tempfile::TempDir) -> crate::runtime::spawn::Spawned {
+        let mut pattern = crate::spec::manifest::parse_manifest(
+            "name: p\nversion: '1'\nexecutable: /bin/sleep\nisolation_level: none\n",
+            "m",
+            t.path(),
+        )
+        .unwrap();
+        pattern.args = vec!["30".into()];
+        let key = crate::spec::InstanceKey::new("p", crate::spec::Isolation::None, "", "").unwrap();
+        let spec = crate::spec::InstanceSpec::new(key, Default::default(), None).unwrap();
+        let ports = crate::reconcile::observed::Ports { grpc: 1, health: 2 };
+        crate::runtime::spawn::spawn("shared:p", &spec, &pattern, ports, &t.path().join("l"), &[])
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_exit_is_read_through_the_pidfd_whatever_the_signal() {
+        use crate::runtime::spawn::describe_exit;
+        let t = tempfile::tempdir().unwrap();
+        let rt = nix::libc::SIGRTMIN() + 3;
+        for (sig, expected) in [
+            (
+                nix::libc::SIGKILL,
+                "killed by signal 9 (SIGKILL)".to_string(),
+            ),
+            (rt, format!("killed by signal {rt} (unknown)")),
+        ] {
+            let s = sleeper(&t);
+            // SAFETY: kill(2) with a pid we own and a valid signal number.
+            #[allow(unsafe_code)]
+            let sent = unsafe { nix::libc::kill(s.pid as i32, sig) };
+            assert_eq!(sent, 0);
+            let status = Exit::Child(s.pidfd).wait().await.unwrap();
+            assert_eq!(describe_exit(status), expected);
+        }
     }
 
     #[test]
