@@ -1447,13 +1447,11 @@ impl Controller {
                 if !child.joined_cgroups {
                     // Set the cgroup up again at the next start.
                     self.cgroup_limits.remove(id);
-                }
-                if !child.joined_cgroups
-                    && let Err(e) = cgroups.add(id, pid)
-                {
-                    tracing::error!("{id}: cannot move pid {pid} into its cgroup: {e}");
-                    limits_text =
-                        format!("NOT ENFORCED: cannot move the process into its cgroup: {e}");
+                    if let Err(e) = cgroups.add(id, pid) {
+                        tracing::error!("{id}: cannot move pid {pid} into its cgroup: {e}");
+                        limits_text =
+                            format!("NOT ENFORCED: cannot move the process into its cgroup: {e}");
+                    }
                 }
                 o.limits = limits_text;
                 tracing::info!(
