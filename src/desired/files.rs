@@ -14,14 +14,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub use crate::spec::limits::MAX_GRACE_PERIOD;
+use crate::spec::limits::MAX_INSTANCES_PER_SOURCE;
 use crate::spec::yaml::{self, YamlError};
 use crate::spec::{
-    InstanceKey, Isolation, SpecError, is_valid_name, is_valid_pattern_name, validate_config,
+    InstanceKey, Isolation, SpecError, config_key_of, is_valid_name, is_valid_pattern_name,
+    validate_config,
 };
-
-/// Longest grace period a file may ask for; more is surely a typo, and
-/// would overflow clock arithmetic long before it mattered.
-pub const MAX_GRACE_PERIOD: Duration = Duration::from_hours(24);
 
 /// One instance declared by a desired-state file, validated as far as the
 /// file alone allows.
@@ -102,6 +101,15 @@ fn line_of<T>(s: &Spanned<T>) -> u64 {
 /// explicit isolation level without the namespace or session id it needs.
 pub fn parse_desired(text: &str, display: &str) -> Result<Vec<DesiredDoc>, YamlError> {
     let raw: Vec<Spanned<RawDoc>> = yaml::parse_many(text, display)?;
+    if let Some(over) = raw.get(MAX_INSTANCES_PER_SOURCE) {
+        return Err(at(
+            display,
+            line_of(over),
+            format!(
+                "more than {MAX_INSTANCES_PER_SOURCE} instances in one file (the limit per source)"
+            ),
+        ));
+    }
     raw.into_iter().map(|doc| validate(doc, display)).collect()
 }
 
@@ -143,12 +151,7 @@ fn validate(doc: Spanned<RawDoc>, file: &str) -> Result<DesiredDoc, YamlError> {
         config.insert(k, v.value);
     }
     if let Err(e) = validate_config(&config) {
-        let bad = match &e {
-            SpecError::BadConfigKey(k)
-            | SpecError::ReservedConfigKey(k)
-            | SpecError::BadConfigValue(k) => config_lines.get(k).copied(),
-            _ => None,
-        };
+        let bad = config_key_of(&e).and_then(|k| config_lines.get(k).copied());
         return Err(at(file, bad.unwrap_or(line), format!("key `config`: {e}")));
     }
 

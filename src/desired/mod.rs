@@ -223,6 +223,14 @@ impl DesiredSet {
         Ok(touched)
     }
 
+    /// How many instances `source` declares.
+    pub fn count_declared_by(&self, source: &Source) -> usize {
+        self.instances
+            .values()
+            .filter(|i| i.by_source.contains_key(source))
+            .count()
+    }
+
     /// The specs declared by `source`.
     pub fn declared_by(&self, source: &Source) -> Vec<InstanceSpec> {
         self.instances

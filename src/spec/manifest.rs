@@ -11,8 +11,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use super::limits::MAX_MANIFEST_DURATION;
 use super::yaml::{self, YamlError};
-use super::{Isolation, is_valid_pattern_name, validate_config};
+use super::{Isolation, is_valid_env_key, is_valid_pattern_name, validate_env_names};
+use super::{RESERVED_ENV, SpecError};
 
 /// Defaults of the health check when the manifest leaves a field out.
 pub const DEFAULT_HEALTH_PATH: &str = "/health";
@@ -38,6 +40,10 @@ struct RawManifest {
     resources: Option<RawResources>,
     #[serde(default)]
     environment: Option<Spanned<BTreeMap<String, String>>>,
+    #[serde(default)]
+    config_keys: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    inherit_env: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +62,7 @@ struct RawHealth {
 struct RawResources {
     cpu_limit: Option<Spanned<f64>>,
     memory_limit: Option<Spanned<String>>,
+    pids: Option<Spanned<u64>>,
 }
 
 /// How the launcher checks an instance's health.
@@ -88,13 +95,30 @@ impl Default for HealthCheck {
     }
 }
 
+/// Most processes (and threads) an instance may have at once when its
+/// manifest sets no `resources.pids`: enough for any service, and a stop
+/// to a fork bomb.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+
 /// Kernel-enforced limits asked for by a manifest.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Resources {
     /// CPU limit in cores.
     pub cpu_limit: Option<f64>,
     /// Memory limit in bytes.
     pub memory_limit: Option<u64>,
+    /// Most tasks (processes and threads) at once.
+    pub pids: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu_limit: None,
+            memory_limit: None,
+            pids: DEFAULT_PIDS_LIMIT,
+        }
+    }
 }
 
 /// A validated pattern.
@@ -118,6 +142,11 @@ pub struct Pattern {
     pub resources: Resources,
     /// Extra environment.
     pub environment: BTreeMap<String, String>,
+    /// The config keys instances may set; `None`: any key the general
+    /// rules allow.
+    pub config_keys: Option<Vec<String>>,
+    /// Names of the launcher's environment variables its processes get.
+    pub inherit_env: Vec<String>,
     /// Hash of the executable's content (filled in by the catalog; 0 when
     /// unknown). A rebuilt executable changes the pattern.
     pub exe_hash: u64,
@@ -143,7 +172,61 @@ fn duration(file: &str, key: &str, s: &Spanned<String>) -> Result<Duration, Yaml
     if d.is_zero() {
         return Err(at(file, s, format!("key `{key}`: must be greater than 0")));
     }
+    if d > MAX_MANIFEST_DURATION {
+        return Err(at(
+            file,
+            s,
+            format!(
+                "key `{key}`: {:?} is over the limit of {}",
+                s.value,
+                humantime::format_duration(MAX_MANIFEST_DURATION)
+            ),
+        ));
+    }
     Ok(d)
+}
+
+/// A list of environment names (`config_keys`, `inherit_env`).
+fn env_names(file: &str, key: &str, s: &Spanned<Vec<String>>) -> Result<Vec<String>, YamlError> {
+    for name in &s.value {
+        if !is_valid_env_key(name) {
+            return Err(at(
+                file,
+                s,
+                format!("key `{key}`: {name:?} is not an environment name ([A-Z_][A-Z0-9_]*)"),
+            ));
+        }
+    }
+    let mut names = s.value.clone();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+impl Pattern {
+    /// Checks an instance's config against this pattern's `config_keys`
+    /// (the general rules are [`crate::spec::validate_config`]'s).
+    ///
+    /// # Errors
+    ///
+    /// The first key the manifest does not list.
+    pub fn check_config(&self, config: &BTreeMap<String, String>) -> Result<(), SpecError> {
+        let Some(accepted) = &self.config_keys else {
+            return Ok(());
+        };
+        match config.keys().find(|k| accepted.binary_search(k).is_err()) {
+            None => Ok(()),
+            Some(key) => Err(SpecError::UnacceptedConfigKey {
+                key: key.clone(),
+                pattern: self.name.clone(),
+                accepted: if accepted.is_empty() {
+                    "none".into()
+                } else {
+                    accepted.join(", ")
+                },
+            }),
+        }
+    }
 }
 
 /// Parses and validates manifest text. `display` names the file in errors;
@@ -231,11 +314,54 @@ pub fn parse_manifest(text: &str, display: &str, dir: &Path) -> Result<Pattern, 
                 .map_err(|e| at(display, &m, format!("key `memory_limit`: {e}")))?;
             resources.memory_limit = Some(bytes);
         }
+        if let Some(p) = r.pids {
+            if p.value == 0 || p.value > u64::from(u32::MAX) {
+                return Err(at(
+                    display,
+                    &p,
+                    format!(
+                        "key `pids`: {} must be a number of processes from 1 to {}",
+                        p.value,
+                        u32::MAX
+                    ),
+                ));
+            }
+            resources.pids = p.value;
+        }
     }
+
+    let config_keys = match raw.config_keys {
+        Some(keys) => {
+            let names = env_names(display, "config_keys", &keys)?;
+            if let Some((name, why)) = names
+                .iter()
+                .find_map(|n| super::limits::forbidden_config_key(n).map(|why| (n, why)))
+            {
+                return Err(at(
+                    display,
+                    &keys,
+                    format!("key `config_keys`: {name:?} can never be config: it {why}"),
+                ));
+            }
+            if let Some(name) = names.iter().find(|n| RESERVED_ENV.contains(&n.as_str())) {
+                return Err(at(
+                    display,
+                    &keys,
+                    format!("key `config_keys`: {name:?} is set by the launcher"),
+                ));
+            }
+            Some(names)
+        }
+        None => None,
+    };
+    let inherit_env = match raw.inherit_env {
+        Some(names) => env_names(display, "inherit_env", &names)?,
+        None => Vec::new(),
+    };
 
     let environment = match raw.environment {
         Some(env) => {
-            validate_config(&env.value)
+            validate_env_names(&env.value)
                 .map_err(|e| at(display, &env, format!("key `environment`: {e}")))?;
             env.value
         }
@@ -252,6 +378,8 @@ pub fn parse_manifest(text: &str, display: &str, dir: &Path) -> Result<Pattern, 
         health,
         resources,
         environment,
+        config_keys,
+        inherit_env,
         exe_hash: 0,
     })
 }
@@ -319,6 +447,53 @@ resources:
         let e = parse_manifest(&HELLO.replace("256Mi", "lots"), "m", Path::new("/")).unwrap_err();
         assert_eq!(e.line, Some(12), "{e}");
         assert!(e.message.contains("memory_limit"), "{e}");
+    }
+
+    #[test]
+    fn durations_over_the_limit_are_errors_not_panics() {
+        let text = HELLO.replace(
+            "timeout: 5s",
+            "timeout: 5s\n  startup_timeout: 300000000000y",
+        );
+        let e = parse_manifest(&text, "m", Path::new("/")).unwrap_err();
+        assert!(e.message.contains("startup_timeout"), "{e}");
+        let text = HELLO.replace("interval: 30s", "interval: 25h");
+        let e = parse_manifest(&text, "m", Path::new("/")).unwrap_err();
+        assert!(e.message.contains("over the limit of 1day"), "{e}");
+    }
+
+    #[test]
+    fn config_keys_limit_what_instances_may_set() {
+        let text = format!("{HELLO}config_keys: [LOG_LEVEL, COLOUR]\ninherit_env: [HOME]\n");
+        let p = parse_manifest(&text, "m", Path::new("/")).unwrap();
+        assert_eq!(p.inherit_env, vec!["HOME"]);
+        let ok = BTreeMap::from([("LOG_LEVEL".to_string(), "debug".to_string())]);
+        assert!(p.check_config(&ok).is_ok());
+        let other = BTreeMap::from([("OTHER".to_string(), "x".to_string())]);
+        let e = p.check_config(&other).unwrap_err();
+        assert!(e.to_string().contains("\"OTHER\""), "{e}");
+        assert!(e.to_string().contains("COLOUR, LOG_LEVEL"), "{e}");
+        // Without the list, any key the general rules allow.
+        let p = parse_manifest(HELLO, "m", Path::new("/")).unwrap();
+        assert!(p.check_config(&other).is_ok());
+    }
+
+    #[test]
+    fn config_keys_may_not_list_loader_variables() {
+        let text = format!("{HELLO}config_keys: [LD_PRELOAD]\n");
+        let e = parse_manifest(&text, "m", Path::new("/")).unwrap_err();
+        assert!(e.message.contains("LD_PRELOAD"), "{e}");
+    }
+
+    #[test]
+    fn pids_default_and_bounds() {
+        let p = parse_manifest(HELLO, "m", Path::new("/")).unwrap();
+        assert_eq!(p.resources.pids, DEFAULT_PIDS_LIMIT);
+        let text = HELLO.replace("memory_limit: 256Mi", "memory_limit: 256Mi\n  pids: 64");
+        let p = parse_manifest(&text, "m", Path::new("/")).unwrap();
+        assert_eq!(p.resources.pids, 64);
+        let text = HELLO.replace("memory_limit: 256Mi", "memory_limit: 256Mi\n  pids: 0");
+        assert!(parse_manifest(&text, "m", Path::new("/")).is_err());
     }
 
     #[test]

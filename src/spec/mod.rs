@@ -3,6 +3,7 @@
 //!
 //! Owns no I/O: everything here is plain values and is unit-tested as such.
 
+pub mod limits;
 pub mod manifest;
 pub mod quantity;
 pub mod yaml;
@@ -91,6 +92,31 @@ pub enum SpecError {
     /// A negative grace period.
     #[error("grace period must not be negative, got {0}")]
     NegativeGrace(i64),
+    /// A grace period over [`limits::MAX_GRACE_PERIOD`].
+    #[error("grace period of {0} s is over the limit of {limit} s", limit = limits::MAX_GRACE_PERIOD.as_secs())]
+    GraceTooLong(i64),
+    /// A config key that would reach the dynamic loader, a shell or an
+    /// interpreter's start-up hooks.
+    #[error("config key {key:?} is not allowed: it {why}")]
+    ForbiddenConfigKey {
+        /// The key.
+        key: String,
+        /// What it would do.
+        why: &'static str,
+    },
+    /// A config key the pattern's manifest does not list in `config_keys`.
+    #[error("config key {key:?} is not accepted by pattern {pattern} (config_keys: {accepted})")]
+    UnacceptedConfigKey {
+        /// The key.
+        key: String,
+        /// The pattern.
+        pattern: String,
+        /// The keys it accepts, joined.
+        accepted: String,
+    },
+    /// Config over one of the size limits of [`limits`].
+    #[error("config is too large: {0}")]
+    ConfigTooLarge(String),
 }
 
 /// True when `s` is a valid namespace or session id.
@@ -125,9 +151,10 @@ pub fn is_valid_env_key(s: &str) -> bool {
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
 }
 
-/// Checks config keys and values (instance config and manifest environment).
-pub fn validate_config(config: &BTreeMap<String, String>) -> Result<(), SpecError> {
-    for (k, v) in config {
+/// Checks environment names and values set by a trusted manifest: each key
+/// an environment name that is not one of the launcher's, no NUL in values.
+pub fn validate_env_names(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    for (k, v) in env {
         if !is_valid_env_key(k) {
             return Err(SpecError::BadConfigKey(k.clone()));
         }
@@ -139,6 +166,57 @@ pub fn validate_config(config: &BTreeMap<String, String>) -> Result<(), SpecErro
         }
     }
     Ok(())
+}
+
+/// Checks an instance's config, which comes from untrusted callers: the
+/// rules of [`validate_env_names`], no key that reaches the loader or an
+/// interpreter ([`limits::forbidden_config_key`]), and the size limits.
+pub fn validate_config(config: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    use limits::{MAX_CONFIG_KEYS, MAX_CONFIG_TOTAL_BYTES, MAX_CONFIG_VALUE_BYTES};
+    if config.len() > MAX_CONFIG_KEYS {
+        return Err(SpecError::ConfigTooLarge(format!(
+            "{} keys, the limit is {MAX_CONFIG_KEYS}",
+            config.len()
+        )));
+    }
+    let mut total = 0usize;
+    for (k, v) in config {
+        if v.len() > MAX_CONFIG_VALUE_BYTES {
+            return Err(SpecError::ConfigTooLarge(format!(
+                "the value of {k:?} has {} bytes, the limit is {MAX_CONFIG_VALUE_BYTES} bytes per value",
+                v.len()
+            )));
+        }
+        total = total.saturating_add(k.len() + v.len());
+    }
+    if total > MAX_CONFIG_TOTAL_BYTES {
+        return Err(SpecError::ConfigTooLarge(format!(
+            "{total} bytes of keys and values, the limit is {MAX_CONFIG_TOTAL_BYTES} bytes"
+        )));
+    }
+    validate_env_names(config)?;
+    if let Some((key, why)) = config
+        .keys()
+        .find_map(|k| limits::forbidden_config_key(k).map(|why| (k, why)))
+    {
+        return Err(SpecError::ForbiddenConfigKey {
+            key: key.clone(),
+            why,
+        });
+    }
+    Ok(())
+}
+
+/// The key of a [`SpecError`] about one config key, to point at its line.
+pub fn config_key_of(e: &SpecError) -> Option<&str> {
+    match e {
+        SpecError::BadConfigKey(k)
+        | SpecError::ReservedConfigKey(k)
+        | SpecError::BadConfigValue(k)
+        | SpecError::ForbiddenConfigKey { key: k, .. }
+        | SpecError::UnacceptedConfigKey { key: k, .. } => Some(k),
+        _ => None,
+    }
 }
 
 /// The identity of an instance: which process serves whom.
@@ -249,6 +327,31 @@ impl InstanceSpec {
         })
     }
 
+    /// Checks a spec read back from the state directory as strictly as a
+    /// new declaration: the files there are not trusted further than any
+    /// other input.
+    ///
+    /// # Errors
+    ///
+    /// The first rule it breaks.
+    pub fn revalidate(&self) -> Result<(), SpecError> {
+        let k = &self.key;
+        if !is_valid_pattern_name(&k.pattern) {
+            return Err(SpecError::BadName {
+                field: "pattern",
+                value: k.pattern.clone(),
+            });
+        }
+        let again = InstanceKey::new(&k.pattern, k.isolation, &k.namespace, &k.session_id)?;
+        if again != *k {
+            return Err(SpecError::BadName {
+                field: "namespace",
+                value: k.namespace.clone(),
+            });
+        }
+        validate_config(&self.config)
+    }
+
     /// Two declarations of one process_id agree when they ask for the same
     /// process (same config); the grace period is a stop setting, not part
     /// of what runs.
@@ -257,11 +360,15 @@ impl InstanceSpec {
     }
 }
 
-/// Converts a wire grace period (seconds, 0 = default) into a duration.
+/// Converts a wire grace period (seconds, 0 = default) into a duration, at
+/// most [`limits::MAX_GRACE_PERIOD`].
 pub fn grace_from_secs(secs: i64) -> Result<Option<Duration>, SpecError> {
     match secs {
         0 => Ok(None),
         s if s < 0 => Err(SpecError::NegativeGrace(s)),
+        s if s.unsigned_abs() > limits::MAX_GRACE_PERIOD.as_secs() => {
+            Err(SpecError::GraceTooLong(s))
+        }
         s => Ok(Some(Duration::from_secs(s.unsigned_abs()))),
     }
 }
@@ -279,8 +386,11 @@ mod opt_secs {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        // Stored state is not trusted further than any other input: a value
+        // out of range is dropped (the default applies), never a panic.
         let v: Option<f64> = Option::deserialize(d)?;
-        Ok(v.filter(|s| s.is_finite() && *s >= 0.0)
+        let max = super::limits::MAX_GRACE_PERIOD.as_secs_f64();
+        Ok(v.filter(|s| s.is_finite() && (0.0..=max).contains(s))
             .map(Duration::from_secs_f64))
     }
 }
@@ -335,6 +445,55 @@ mod tests {
             validate_config(&c),
             Err(SpecError::BadConfigKey("lower".into()))
         );
+    }
+
+    #[test]
+    fn config_that_reaches_the_loader_is_refused_naming_the_key() {
+        let c = BTreeMap::from([("LD_PRELOAD".to_string(), "/tmp/x.so".to_string())]);
+        let e = validate_config(&c).unwrap_err();
+        assert!(e.to_string().contains("LD_PRELOAD"), "{e}");
+        assert!(matches!(e, SpecError::ForbiddenConfigKey { .. }));
+        // A trusted manifest may set it.
+        assert!(validate_env_names(&c).is_ok());
+    }
+
+    #[test]
+    fn config_sizes_are_bounded_and_the_limit_is_named() {
+        let many: BTreeMap<String, String> = (0..=limits::MAX_CONFIG_KEYS)
+            .map(|i| (format!("K{i}"), "v".to_string()))
+            .collect();
+        let e = validate_config(&many).unwrap_err();
+        assert!(e.to_string().contains("limit is 64"), "{e}");
+        let big = BTreeMap::from([(
+            "BIG".to_string(),
+            "x".repeat(limits::MAX_CONFIG_VALUE_BYTES + 1),
+        )]);
+        let e = validate_config(&big).unwrap_err();
+        assert!(e.to_string().contains("per value"), "{e}");
+        let wide: BTreeMap<String, String> = (0..10)
+            .map(|i| (format!("K{i}"), "x".repeat(limits::MAX_CONFIG_VALUE_BYTES)))
+            .collect();
+        let e = validate_config(&wide).unwrap_err();
+        assert!(e.to_string().contains("bytes of keys and values"), "{e}");
+    }
+
+    #[test]
+    fn grace_periods_are_capped() {
+        assert_eq!(grace_from_secs(0), Ok(None));
+        assert_eq!(grace_from_secs(10), Ok(Some(Duration::from_secs(10))));
+        let e = grace_from_secs(i64::MAX).unwrap_err();
+        assert!(e.to_string().contains("limit of 86400 s"), "{e}");
+        assert!(grace_from_secs(-1).is_err());
+    }
+
+    #[test]
+    fn a_stored_grace_out_of_range_is_dropped_not_a_panic() {
+        let k = InstanceKey::new("p", Isolation::None, "", "").unwrap();
+        let mut json =
+            serde_json::to_value(InstanceSpec::new(k, BTreeMap::new(), None).unwrap()).unwrap();
+        json["grace_period"] = serde_json::json!(1e300);
+        let spec: InstanceSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(spec.grace_period, None);
     }
 
     #[test]
