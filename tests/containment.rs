@@ -219,6 +219,7 @@ fn limited_manifest(name: &str, resources: &[(&str, &str)]) -> String {
     let q = |s: &str| Value::String(s.to_string()).to_string();
     let mut y = format!(
         "name: {name}\nversion: 1.0.0\nexecutable: {}\nisolation_level: namespace\n\
+         inherit_env: [PRISM_TEST_TOKEN]\n\
          healthcheck:\n  path: /health\n  interval: 1s\n  timeout: 1s\n  failure_threshold: 3\n\
          resources:\n",
         q(TEST_PATTERN_BIN)

@@ -1084,7 +1084,7 @@ fn write_manifest(patterns: &Path, exe: &Path) {
     fs::write(
         dir.join("manifest.yaml"),
         format!(
-            "name: {PATTERN}\nversion: 1.0.0\nexecutable: {}\nisolation_level: namespace\nhealthcheck:\n  path: /health\n  interval: 30s\n  timeout: 5s\n  failure_threshold: 3\n",
+            "name: {PATTERN}\nversion: 1.0.0\nexecutable: {}\nisolation_level: namespace\ninherit_env: [{TOKEN_VAR}]\nhealthcheck:\n  path: /health\n  interval: 30s\n  timeout: 5s\n  failure_threshold: 3\n",
             yaml_str(&exe.display().to_string())
         ),
     )
@@ -1823,6 +1823,8 @@ pub mod planner_inputs {
             health: HealthCheck::default(),
             resources: Resources::default(),
             environment: BTreeMap::new(),
+            config_keys: None,
+            inherit_env: Vec::new(),
             exe_hash: 0x5eed,
         }
     }

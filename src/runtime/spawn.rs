@@ -43,6 +43,29 @@ pub enum SpawnError {
     },
 }
 
+impl SpawnError {
+    /// True when the launcher itself is at fault (its state directory is
+    /// not writable, it is out of descriptors or memory), not the pattern:
+    /// such a failure is retried and never counts against the instance.
+    pub fn is_launcher_side(&self) -> bool {
+        match self {
+            SpawnError::Log { .. } => true,
+            SpawnError::Exec { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(
+                    nix::libc::EMFILE
+                        | nix::libc::ENFILE
+                        | nix::libc::ENOMEM
+                        | nix::libc::EAGAIN
+                        | nix::libc::ENOBUFS
+                        | nix::libc::ENOSPC
+                        | nix::libc::EROFS
+                )
+            ),
+        }
+    }
+}
+
 /// Checks that `path` is an executable file, without running it.
 pub fn check_executable(path: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -184,6 +207,9 @@ pub fn keep_child_fd_limit(soft: u64, hard: u64) {
     let _ = CHILD_NOFILE.set((soft, hard));
 }
 
+/// The PATH a pattern gets when the launcher has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The shell that runs an executable without a `#!` line.
 const SH: &std::ffi::CStr = c"/bin/sh";
 
@@ -220,8 +246,19 @@ impl ChildSetup {
             strings.push(nul_free(a.as_bytes())?);
         }
         let argc = strings.len();
-        // The launcher's environment, then the instance's (later wins).
-        let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+        // A clean environment (SPEC §5): a PATH, the launcher's variables
+        // the manifest names in `inherit_env`, then the instance's (later
+        // wins). Nothing else of the launcher's reaches the pattern.
+        let mut vars: BTreeMap<OsString, OsString> = BTreeMap::new();
+        vars.insert(
+            "PATH".into(),
+            std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        );
+        for name in &pattern.inherit_env {
+            if let Some(v) = std::env::var_os(name) {
+                vars.insert(name.into(), v);
+            }
+        }
         for (k, v) in env {
             vars.insert(k.into(), v.into());
         }
@@ -399,6 +436,20 @@ impl ChildSetup {
                     joined.store(false, Ordering::SeqCst);
                 }
                 libc::close(fd);
+            }
+            // Only 0-2 cross the exec: whatever else the launcher holds, or
+            // inherited without close-on-exec from its own parent, stays.
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+                // Before Linux 5.9: close them one by one.
+                let mut lim: libc::rlimit = std::mem::zeroed();
+                let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                    lim.rlim_cur.min(1 << 20)
+                } else {
+                    1024
+                };
+                for fd in 3..max {
+                    libc::close(fd as libc::c_int);
+                }
             }
             libc::execve(self.exe.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
             // A script without a `#!` line runs under /bin/sh, as execvp

@@ -392,14 +392,27 @@ pub fn grpcurl() -> &'static Path {
 /// Runs `grpcurl -plaintext -emit-defaults` against `port` (all fields are
 /// always present in replies).
 pub fn grpcurl_call(port: u16, method: &str, request: &Value) -> Result<Value, GrpcError> {
-    let out = Command::new(grpcurl())
+    // A request too large for one argument goes through stdin (`-d @`).
+    let body = request.to_string();
+    let large = body.len() > 64 << 10;
+    let mut child = Command::new(grpcurl())
         .args(["-plaintext", "-emit-defaults", "-max-time", "120", "-d"])
-        .arg(request.to_string())
+        .arg(if large { "@" } else { body.as_str() })
         .arg(format!("127.0.0.1:{port}"))
         .arg(format!("{SERVICE}/{method}"))
-        .stdin(Stdio::null())
-        .output()
+        .stdin(if large { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot run grpcurl ({}): {e}", grpcurl().display()));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(body.as_bytes())
+            .expect("write the request to grpcurl");
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("cannot wait for grpcurl: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
@@ -468,6 +481,21 @@ pub fn mentions_number(text: &str, n: i64) -> bool {
 // ---------------------------------------------------------------------------
 // Manifests
 // ---------------------------------------------------------------------------
+
+/// `yaml` with `inherit_env: [PRISM_TEST_TOKEN]` added when it names no
+/// `inherit_env` of its own: pattern processes get a clean environment, and
+/// the token is how the harness finds (and cleans up) what a test started.
+pub fn with_token_env(yaml: &str) -> String {
+    if yaml.contains("inherit_env") {
+        return yaml.to_string();
+    }
+    let mut y = yaml.to_string();
+    if !y.is_empty() && !y.ends_with('\n') {
+        y.push('\n');
+    }
+    y.push_str("inherit_env: [PRISM_TEST_TOKEN]\n");
+    y
+}
 
 /// A generated pattern manifest (defaults: the `test-pattern` binary,
 /// namespace isolation, health on the block's health port, interval 1s,
@@ -550,6 +578,9 @@ impl PatternSpec {
         y += &format!("  interval: {}\n", self.interval);
         y += &format!("  timeout: {}\n", self.timeout);
         y += &format!("  failure_threshold: {}\n", self.failure_threshold);
+        // Pattern processes get a clean environment: the token that cleanup
+        // finds them by must be passed on by name.
+        y += "inherit_env: [PRISM_TEST_TOKEN]\n";
         if !self.environment.is_empty() {
             y += "environment:\n";
             for (k, v) in &self.environment {
@@ -847,12 +878,14 @@ impl TestEnvBuilder {
                     .join("manifest.yaml");
                 let dst = patterns_dir.join(name);
                 fs::create_dir_all(&dst).expect("create pattern dir");
-                fs::copy(&src, dst.join("manifest.yaml")).unwrap_or_else(|e| {
+                let sample = fs::read_to_string(&src).unwrap_or_else(|e| {
                     panic!(
-                        "cannot copy the sample manifest {} (does the repository ship it?): {e}",
+                        "cannot read the sample manifest {} (does the repository ship it?): {e}",
                         src.display()
                     )
                 });
+                fs::write(dst.join("manifest.yaml"), with_token_env(&sample))
+                    .expect("write the sample manifest");
                 fs::copy(bin, dst.join(name))
                     .unwrap_or_else(|e| panic!("cannot copy {bin} into {}: {e}", dst.display()));
             }
@@ -866,7 +899,7 @@ impl TestEnvBuilder {
         for (name, yaml) in &self.raw_manifests {
             let d = patterns_dir.join(name);
             fs::create_dir_all(&d).expect("create pattern dir");
-            fs::write(d.join("manifest.yaml"), yaml).expect("write manifest");
+            fs::write(d.join("manifest.yaml"), with_token_env(yaml)).expect("write manifest");
         }
         for (rel, contents, mode) in &self.files {
             let path = patterns_dir.join(rel);
@@ -1073,6 +1106,71 @@ impl TestEnv {
                 "force": force,
             }),
         )
+    }
+
+    /// The `(process_id, pid)` of every listed instance.
+    pub fn pids(&self) -> Vec<(String, i64)> {
+        self.list()
+            .iter()
+            .map(|p| (jstr(p, "processId"), jint(p, "pid")))
+            .collect()
+    }
+
+    /// What must hold after any attack on the launcher: Health says
+    /// healthy, every instance of `before` still runs with the same pid, a
+    /// `kill -9` of one of them is still restarted, and no instance has two
+    /// processes nor a process that no listed instance owns.
+    pub fn assert_unharmed(&self, before: &[(String, i64)]) {
+        let health = self
+            .grpc("Health", serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("Health failed after the attack: {e}"));
+        assert!(
+            jbool(&health, "healthy"),
+            "Health is not healthy after the attack: {health}\n--- launcher log ---\n{}",
+            self.log_tail(40)
+        );
+        for (id, pid) in before {
+            let now = self.wait_running(id);
+            assert_eq!(
+                jint(&now, "pid"),
+                *pid,
+                "{id} was restarted by the attack: {now}\n--- launcher log ---\n{}",
+                self.log_tail(40)
+            );
+        }
+        if let Some((id, pid)) = before.first() {
+            signal(*pid, Signal::SIGKILL);
+            self.wait_restarted(id, *pid);
+        }
+        self.assert_one_process_per_instance();
+    }
+
+    /// Every process this test's launcher started belongs to a listed
+    /// instance, and no instance has two main processes (process-group
+    /// leaders carrying its PROCESS_ID).
+    pub fn assert_one_process_per_instance(&self) {
+        let listed: std::collections::BTreeSet<String> =
+            self.list().iter().map(|p| jstr(p, "processId")).collect();
+        let mut leaders: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for pid in self.token_processes() {
+            let Some(id) = environ_var(i64::from(pid), "PROCESS_ID") else {
+                continue;
+            };
+            assert!(
+                listed.contains(&id),
+                "pid {pid} runs {id}, which is not listed (an orphan); listed: {listed:?}"
+            );
+            if getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pid) {
+                leaders.entry(id).or_default().push(pid);
+            }
+        }
+        for (id, pids) in leaders {
+            assert!(
+                pids.len() == 1,
+                "{id} has {} processes: {pids:?}",
+                pids.len()
+            );
+        }
     }
 
     /// A normal launch works (the launcher keeps serving after a bad call).
