@@ -115,7 +115,7 @@ pub fn launch_response(s: &InstanceStatus) -> proto::LaunchResponse {
 /// The Health reply.
 pub fn health_response(
     snap: &Snapshot,
-    healthy: bool,
+    stalled: Option<String>,
     include_processes: bool,
     uptime: Duration,
 ) -> proto::HealthResponse {
@@ -126,8 +126,13 @@ pub fn health_response(
             .entry(s.isolation.distribution_key().to_string())
             .or_default() += 1;
     }
+    let problems: Vec<String> = stalled
+        .into_iter()
+        .chain(snap.problems.iter().cloned())
+        .collect();
     proto::HealthResponse {
-        healthy,
+        healthy: problems.is_empty(),
+        problems,
         total_processes: count(snap.instances.len()),
         running_processes: by(Phase::Running),
         terminating_processes: by(Phase::Terminating),

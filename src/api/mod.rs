@@ -71,6 +71,7 @@ fn to_status(e: CommandError) -> Status {
         CommandError::InvalidArgument(m) => Status::invalid_argument(m),
         CommandError::FailedPrecondition(m) => Status::failed_precondition(m),
         CommandError::Unavailable(m) => Status::unavailable(m),
+        CommandError::ResourceExhausted(m) => Status::resource_exhausted(m),
     }
 }
 
@@ -98,15 +99,22 @@ impl PatternLauncher for LauncherService {
                 || s.failed_starts > accepted.failed_starts
         };
         let timeout = self.handle.plan.startup_timeout + WAIT_MARGIN;
+        // Gone from a snapshot published after the call was taken in: a
+        // TerminatePattern (or a file's removal) withdrew it meanwhile.
+        let withdrawn = |s: &Snapshot| s.seq > accepted.seq && !s.instances.contains_key(&id);
         let snap = self
             .wait(timeout, |s| {
-                s.instances.get(&id).is_some_and(|i| settled(i))
+                withdrawn(s) || s.instances.get(&id).is_some_and(|i| settled(i))
             })
             .await;
         let Some(st) = snap.instances.get(&id) else {
-            return Err(Status::unavailable(format!(
-                "{id} was declared but has not started (is the launcher shutting down?)"
-            )));
+            return Err(if withdrawn(&snap) {
+                Status::aborted(format!("{id} was terminated before it became healthy"))
+            } else {
+                Status::unavailable(format!(
+                    "{id} was declared but has not started (is the launcher shutting down?)"
+                ))
+            });
         };
         Ok(Response::new(convert::launch_response(st)))
     }
@@ -145,16 +153,29 @@ impl PatternLauncher for LauncherService {
         }
         let force = r.force;
         let pid = id.clone();
-        self.ask(|reply| Command::Terminate {
-            process_id: pid,
-            grace,
-            force,
-            reply,
-        })
-        .await?;
+        let stopping = self
+            .ask(|reply| Command::Terminate {
+                process_id: pid,
+                grace,
+                force,
+                reply,
+            })
+            .await?;
         let timeout = grace.unwrap_or(self.handle.plan.default_grace) + WAIT_MARGIN * 6;
-        let snap = self.wait(timeout, |s| !s.instances.contains_key(&id)).await;
-        Ok(Response::new(match snap.instances.get(&id) {
+        // Done when the instance is gone, or when a LaunchPattern that came
+        // after declared it again and the process this call stopped is gone.
+        let snap = self
+            .wait(timeout, |s| {
+                s.instances
+                    .get(&id)
+                    .is_none_or(|i| i.pid != stopping && i.phase != Phase::Terminating)
+            })
+            .await;
+        let still = snap
+            .instances
+            .get(&id)
+            .filter(|i| i.pid == stopping || i.phase == Phase::Terminating);
+        Ok(Response::new(match still {
             None => proto::TerminateResponse {
                 success: true,
                 error: String::new(),
@@ -175,10 +196,13 @@ impl PatternLauncher for LauncherService {
     ) -> Result<Response<proto::HealthResponse>, Status> {
         let r = request.into_inner();
         let snap = self.snapshot();
-        let stalled = self.handle.loop_age() > STALL_AFTER;
+        let age = self.handle.loop_age();
+        let stalled = (age > STALL_AFTER).then(|| {
+            format!("the reconcile loop has not run for {age:?} (stalled after {STALL_AFTER:?})")
+        });
         Ok(Response::new(convert::health_response(
             &snap,
-            !stalled,
+            stalled,
             r.include_processes,
             self.handle.started.elapsed(),
         )))

@@ -106,6 +106,9 @@ pub struct ObservedInstance {
     pub ports: Ports,
     /// Consecutive failures (crash, failed start, failed liveness).
     pub consecutive_failures: u32,
+    /// Consecutive failures of the launcher itself to start it (its state
+    /// directory, its descriptors): backed off, never a circuit breaker.
+    pub launcher_failures: u32,
     /// Restarts since the instance was first spawned.
     pub restart_count: u32,
     /// How many starts failed so far (monotonic; LaunchPattern waits on it).
@@ -143,6 +146,7 @@ impl ObservedInstance {
             process: None,
             ports,
             consecutive_failures: 0,
+            launcher_failures: 0,
             restart_count: 0,
             failed_starts: 0,
             last_error: None,

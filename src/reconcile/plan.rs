@@ -276,12 +276,13 @@ fn plan_desired<'a>(
                 .health
                 .startup_timeout
                 .unwrap_or(cfg.startup_timeout);
-            let deadline = started + timeout;
-            if now >= deadline {
-                plan.actions
-                    .push(stop(id, o, StopReason::StartupTimeout, cfg));
-            } else {
-                plan.wake(deadline);
+            match started.checked_add(timeout) {
+                Some(deadline) if now < deadline => plan.wake(deadline),
+                // Past it, or so far ahead that the clock cannot say.
+                Some(_) => plan
+                    .actions
+                    .push(stop(id, o, StopReason::StartupTimeout, cfg)),
+                None => {}
             }
         }
         Phase::Running => {
@@ -290,13 +291,12 @@ fn plan_desired<'a>(
             } else if o.consecutive_failures > 0
                 && let Some(since) = o.healthy_since
             {
-                let reset_at = since + cfg.healthy_reset;
-                if now >= reset_at {
-                    plan.actions.push(Action::ResetFailures {
+                match since.checked_add(cfg.healthy_reset) {
+                    Some(reset_at) if now < reset_at => plan.wake(reset_at),
+                    Some(_) => plan.actions.push(Action::ResetFailures {
                         process_id: id.to_string(),
-                    });
-                } else {
-                    plan.wake(reset_at);
+                    }),
+                    None => {}
                 }
             }
         }
@@ -311,9 +311,17 @@ fn plan_desired<'a>(
             let delay = if o.restart_now {
                 Duration::ZERO
             } else {
-                backoff::delay(o.consecutive_failures, o.restart_jitter)
+                // The launcher's own failures to start it back off too, but
+                // never open the circuit.
+                backoff::delay(
+                    o.consecutive_failures.saturating_add(o.launcher_failures),
+                    o.restart_jitter,
+                )
             };
-            let due = o.exited_at.map_or(now, |t| t + delay);
+            let due = o
+                .exited_at
+                .map_or(Some(now), |t| t.checked_add(delay))
+                .unwrap_or(now);
             if now >= due {
                 plan.actions.push(spawn(false));
             } else {
@@ -360,6 +368,8 @@ mod tests {
             health: HealthCheck::default(),
             resources: Resources::default(),
             environment: BTreeMap::new(),
+            config_keys: None,
+            inherit_env: Vec::new(),
             exe_hash: 0,
         }
     }

@@ -90,6 +90,9 @@ pub enum CommandError {
     /// The launcher could not do it (e.g. persisting failed).
     #[error("{0}")]
     Unavailable(String),
+    /// A bounded resource (the port range) is used up.
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 /// An accepted declaration.
@@ -100,6 +103,9 @@ pub struct Accepted {
     /// Failed starts counted before this call; a higher count later means
     /// a start failed since.
     pub failed_starts: u64,
+    /// The last snapshot published before the call was taken in: every
+    /// later one shows the instance, unless something withdrew it since.
+    pub seq: u64,
 }
 
 /// A launch waiting for the API declarations to be persisted.
@@ -131,8 +137,8 @@ pub enum Command {
         grace: Option<Duration>,
         /// SIGKILL at once.
         force: bool,
-        /// The answer.
-        reply: oneshot::Sender<Result<(), CommandError>>,
+        /// The answer: the pid being stopped, if a process runs.
+        reply: oneshot::Sender<Result<Option<u32>, CommandError>>,
     },
     /// Stop every instance and end the loop.
     Shutdown,
@@ -232,6 +238,14 @@ pub struct Controller {
     next_sweep: Instant,
     /// The desired directory's first scan has been applied.
     synced: bool,
+    /// Snapshots published so far.
+    seq: u64,
+    /// The launcher's own problems, by what they concern.
+    problems: BTreeMap<&'static str, String>,
+    problems_shown: Arc<Vec<String>>,
+    problems_dirty: bool,
+    /// The port range's exhaustion was logged (once until a port is freed).
+    ports_exhausted_logged: bool,
 }
 
 /// A controller could not be set up.
@@ -276,6 +290,10 @@ impl Controller {
         let mut desired = DesiredSet::default();
         for spec in api_store.load().map_err(SetupError::Store)? {
             let id = spec.key.process_id();
+            if let Err(e) = spec.revalidate() {
+                tracing::warn!("ignoring stored declaration of {id}: {e}");
+                continue;
+            }
             if let Err(e) = desired.declare(Source::Api, spec) {
                 tracing::warn!("ignoring stored declaration of {id}: {e}");
             }
@@ -343,6 +361,11 @@ impl Controller {
             reaping: Vec::new(),
             next_sweep: started,
             synced: false,
+            seq: 0,
+            problems: BTreeMap::new(),
+            problems_shown: Arc::new(Vec::new()),
+            problems_dirty: false,
+            ports_exhausted_logged: false,
         };
         c.adopt(recorded);
         Ok((c, handle))
@@ -446,9 +469,15 @@ impl Controller {
                 })
             })
             .collect();
-        if let Err(e) = self.table.save(&entries) {
-            tracing::error!("cannot write the process table: {e}");
-            self.table_dirty = true;
+        match self.table.save(&entries) {
+            Ok(()) => self.problem("table", None),
+            Err(e) => {
+                self.problem(
+                    "table",
+                    Some(format!("cannot write the process table: {e}")),
+                );
+                self.table_dirty = true;
+            }
         }
     }
 
@@ -661,7 +690,7 @@ impl Controller {
     }
 
     fn publish(&mut self) {
-        if self.dirty.is_empty() && !self.sources_dirty {
+        if self.dirty.is_empty() && !self.sources_dirty && !self.problems_dirty {
             return;
         }
         if std::mem::take(&mut self.sources_dirty) {
@@ -683,10 +712,36 @@ impl Controller {
                 }
             }
         }
+        if std::mem::take(&mut self.problems_dirty) {
+            self.problems_shown = Arc::new(self.problems.values().cloned().collect());
+        }
+        self.seq += 1;
         self.snapshot_tx.send_replace(Arc::new(Snapshot {
+            seq: self.seq,
+            problems: self.problems_shown.clone(),
             instances: self.statuses.clone(),
             sources: self.sources.clone(),
         }));
+    }
+
+    /// Records (or, with `None`, clears) a problem of the launcher's own,
+    /// logging it once when it appears or changes.
+    fn problem(&mut self, what: &'static str, detail: Option<String>) {
+        match detail {
+            Some(d) => {
+                if self.problems.get(what) != Some(&d) {
+                    tracing::error!("{d}");
+                    self.problems.insert(what, d);
+                    self.problems_dirty = true;
+                }
+            }
+            None => {
+                if let Some(was) = self.problems.remove(what) {
+                    tracing::info!("resolved: {was}");
+                    self.problems_dirty = true;
+                }
+            }
+        }
     }
 
     fn source_statuses(&self) -> Vec<SourceStatus> {
@@ -822,6 +877,9 @@ impl Controller {
                 .key(pattern.isolation)
                 .map_err(|e| at(doc.line, e.to_string()))?;
             let spec = InstanceSpec::new(key, doc.config.clone(), doc.grace_period)
+                .map_err(|e| at(doc.line, e.to_string()))?;
+            pattern
+                .check_config(&spec.config)
                 .map_err(|e| at(doc.line, e.to_string()))?;
             let id = spec.key.process_id();
             if let Some(first) = seen.insert(id.clone(), doc.line) {
@@ -974,6 +1032,7 @@ impl Controller {
             .map_err(invalid)?;
         let grace = crate::spec::grace_from_secs(p.grace_period_secs).map_err(invalid)?;
         let spec = InstanceSpec::new(key, p.config, grace).map_err(invalid)?;
+        pattern.check_config(&spec.config).map_err(invalid)?;
         check_executable(&pattern.executable)
             .map_err(|e| CommandError::FailedPrecondition(format!("cannot execute {e}")))?;
         let id = spec.key.process_id();
@@ -982,10 +1041,40 @@ impl Controller {
             .get(&id)
             .and_then(|d| d.spec_of(&Source::Api))
             .cloned();
-        let declared = self
-            .desired
-            .declare(Source::Api, spec)
-            .map_err(|e| CommandError::FailedPrecondition(e.to_string()))?;
+        let limit = crate::spec::limits::MAX_INSTANCES_PER_SOURCE;
+        if previous.is_none() && self.desired.count_declared_by(&Source::Api) >= limit {
+            return Err(CommandError::InvalidArgument(format!(
+                "the API declares {limit} instances already, the limit per source"
+            )));
+        }
+        // A new instance gets its ports now: when the range is used up the
+        // call is refused at once, and nothing is declared.
+        let new_ports = if self.observed.contains_key(&id) || self.desired.get(&id).is_some() {
+            None
+        } else {
+            Some(self.ports.assign(pattern.health.port).map_err(|e| {
+                let msg = format!(
+                    "cannot launch {id}: {e} (--port-range); terminate instances or widen the range"
+                );
+                if !std::mem::replace(&mut self.ports_exhausted_logged, true) {
+                    tracing::warn!("{msg}");
+                }
+                CommandError::ResourceExhausted(msg)
+            })?)
+        };
+        let declared = match self.desired.declare(Source::Api, spec.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(ports) = new_ports {
+                    self.ports.release(ports);
+                }
+                return Err(CommandError::FailedPrecondition(e.to_string()));
+            }
+        };
+        if let Some(ports) = new_ports {
+            self.observed
+                .insert(id.clone(), ObservedInstance::new(spec, pattern, ports));
+        }
         // A launch of a running instance changes nothing: no new snapshot.
         let mut changed = declared != Declared::Unchanged;
         let mut failed_starts = 0;
@@ -1008,6 +1097,7 @@ impl Controller {
             Accepted {
                 process_id: id,
                 failed_starts,
+                seq: self.seq,
             },
             previous,
         ))
@@ -1046,7 +1136,7 @@ impl Controller {
         id: &str,
         grace: Option<Duration>,
         force: bool,
-    ) -> Result<(), CommandError> {
+    ) -> Result<Option<u32>, CommandError> {
         let files = |d: &crate::desired::DesiredInstance| {
             d.sources()
                 .filter(|s| **s != Source::Api)
@@ -1078,11 +1168,13 @@ impl Controller {
         } else if !self.observed.contains_key(id) {
             return Err(CommandError::NotFound(format!("no instance {id:?}")));
         }
+        let mut pid = None;
         if let Some(o) = self.observed.get_mut(id) {
             o.stop_request = Some(StopRequest { grace, force });
+            pid = o.process.map(|p| p.pid);
         }
         self.touch(id);
-        Ok(())
+        Ok(pid)
     }
 
     /// Puts the API's declaration of `id` back as it was before a change
@@ -1304,6 +1396,7 @@ impl Controller {
             Action::Forget { process_id } => {
                 if let Some(o) = self.observed.remove(&process_id) {
                     self.ports.release(o.ports);
+                    self.ports_exhausted_logged = false;
                     self.cgroup_limits.remove(&process_id);
                     if let Err(e) = self.cfg.cgroups.remove(&process_id) {
                         tracing::warn!("{process_id}: cannot remove its cgroup: {e}");
@@ -1362,9 +1455,14 @@ impl Controller {
             }
         }
         o.phase = Phase::Terminating;
+        // Grace periods are capped where they enter; a deadline the clock
+        // cannot represent is no deadline (SIGKILL never comes).
+        let deadline = now
+            .checked_add(grace)
+            .unwrap_or_else(|| now + crate::spec::limits::MAX_GRACE_PERIOD);
         o.stopping = Some(Stopping {
             reason,
-            deadline: now + grace,
+            deadline,
             killed: force,
         });
         self.touch(id);
@@ -1382,7 +1480,10 @@ impl Controller {
             let ports = match self.ports.assign(pattern.health.port) {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::error!("{id}: cannot start: {e}");
+                    // Retried every pass: said once until a port is freed.
+                    if !std::mem::replace(&mut self.ports_exhausted_logged, true) {
+                        tracing::error!("{id}: cannot start: {e} (--port-range)");
+                    }
                     return;
                 }
             };
@@ -1439,6 +1540,8 @@ impl Controller {
         o.healthy_since = None;
         o.oom_kills_before = oom_before;
         let procs = cgroups.procs_files(id);
+        let mut spawned = false;
+        let mut launcher_problem = None;
         match spawn::spawn(id, &o.spec, &pattern, o.ports, &log, &procs) {
             Ok(child) => {
                 let pid = child.pid;
@@ -1454,6 +1557,8 @@ impl Controller {
                     }
                 }
                 o.limits = limits_text;
+                o.launcher_failures = 0;
+                spawned = true;
                 tracing::info!(
                     "{id}: started pid {pid} (grpc port {}, health port {})",
                     o.ports.grpc,
@@ -1478,6 +1583,19 @@ impl Controller {
                     self.events_tx.clone(),
                 ));
             }
+            Err(e) if e.is_launcher_side() => {
+                // The launcher's own trouble (its state directory, its
+                // descriptors) is not the instance's failure: retried with
+                // backoff, never counted towards the circuit breaker.
+                let msg = format!("the launcher cannot start it: {e}");
+                tracing::warn!("{id}: {msg}");
+                o.launcher_failures += 1;
+                o.last_error = Some(msg);
+                o.phase = Phase::Exited;
+                o.exited_at = Some(now);
+                o.restart_jitter = rand::random::<f64>();
+                launcher_problem = Some(format!("cannot start instances: {e}"));
+            }
             Err(e) => {
                 tracing::error!("{id}: {e}");
                 o.consecutive_failures += 1;
@@ -1487,6 +1605,9 @@ impl Controller {
                 o.exited_at = Some(now);
                 o.restart_jitter = rand::random::<f64>();
             }
+        }
+        if spawned || launcher_problem.is_some() {
+            self.problem("spawn", launcher_problem);
         }
         self.table_dirty = true;
         self.touch(id);

@@ -105,6 +105,12 @@ pub struct SourceStatus {
 /// Every instance, by process_id, and every source.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// Counts the snapshots published: a caller that was answered before
+    /// snapshot `seq` knows that a later one shows what its call did.
+    pub seq: u64,
+    /// What keeps the launcher itself from doing its work (a state
+    /// directory it cannot write, ...), for Health; empty when nothing.
+    pub problems: Arc<Vec<String>>,
     /// Instances in process_id order.
     pub instances: BTreeMap<String, Arc<InstanceStatus>>,
     /// Desired files (by name), then manifests (by path).
