@@ -97,6 +97,29 @@ fn warn_if_ephemeral(range: &RangeInclusive<u16>) {
     }
 }
 
+/// Makes a panic anywhere (any thread, any task) end the launcher with
+/// status 101 once it is logged. A panicking task would otherwise leave a
+/// half-alive launcher: serving calls that no controller answers, with
+/// nobody restarting crashed instances. Exiting lets the service manager
+/// start it again; the instances keep running and the next launcher adopts
+/// them.
+pub fn exit_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        tracing::error!(
+            "internal error, exiting with status 101 (the instances keep running for the next launcher): {info}"
+        );
+        // Not `process::exit`: other threads keep running during exit
+        // handlers, and none of them may act on a broken state.
+        // SAFETY: _exit ends the process at once; it touches no Rust state.
+        #[allow(unsafe_code)]
+        unsafe {
+            nix::libc::_exit(101)
+        }
+    }));
+}
+
 /// How long calls in flight may take to finish once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(2);
 
