@@ -131,6 +131,8 @@ pub struct ObservedInstance {
     pub stop_request: Option<StopRequest>,
     /// The cgroup's OOM-kill count when the current process started.
     pub oom_kills_before: u64,
+    /// Forks refused by its `pids.max`, as last reported.
+    pub pids_refused_seen: u64,
     /// How the current process is contained (limits and backend), or why
     /// its limits are not enforced.
     pub limits: String,
@@ -158,6 +160,7 @@ impl ObservedInstance {
             stopping: None,
             stop_request: None,
             oom_kills_before: 0,
+            pids_refused_seen: 0,
             limits: String::new(),
         }
     }

@@ -43,6 +43,10 @@ const V1_OOM_CONTROL: &str = "memory.oom_control";
 /// v1 `cpu.cfs_period_us` / `cpu.cfs_quota_us`: microseconds (-1: none).
 const V1_CFS_PERIOD: &str = "cpu.cfs_period_us";
 const V1_CFS_QUOTA: &str = "cpu.cfs_quota_us";
+/// `pids.max` (v1 and v2): the most tasks at once, or "max".
+const PIDS_MAX: &str = "pids.max";
+/// `pids.events` (v1 and v2): "max <n>", forks refused by `pids.max`.
+const PIDS_EVENTS: &str = "pids.events";
 /// v1 `freezer.state`: FROZEN / FREEZING / THAWED.
 const V1_FREEZER_STATE: &str = "freezer.state";
 
@@ -56,6 +60,8 @@ pub struct Limits {
     pub cpu: Option<f64>,
     /// Bytes.
     pub memory: Option<u64>,
+    /// Most tasks (processes and threads) at once.
+    pub pids: Option<u64>,
 }
 
 /// A cgroup operation that failed, with the path it concerned.
@@ -122,6 +128,7 @@ pub struct V1 {
     memory: Option<PathBuf>,
     cpu: Option<PathBuf>,
     freezer: Option<PathBuf>,
+    pids: Option<PathBuf>,
 }
 
 /// The containment the launcher has on this machine.
@@ -160,7 +167,7 @@ fn parse_mounts(mountinfo: &str) -> Vec<Mount> {
             };
             let controllers = opts
                 .split(',')
-                .filter(|o| matches!(*o, "memory" | "cpu" | "freezer"))
+                .filter(|o| matches!(*o, "memory" | "cpu" | "freezer" | "pids"))
                 .map(String::from)
                 .collect();
             Some(Mount {
@@ -189,7 +196,7 @@ impl Cgroups {
             }
         }
         let v1 = |c: &str| mounts.iter().find(|m| !m.v2 && m.controllers.contains(c));
-        let (memory, cpu, freezer) = (v1("memory"), v1("cpu"), v1("freezer"));
+        let (memory, cpu, freezer, pids) = (v1("memory"), v1("cpu"), v1("freezer"), v1("pids"));
         if memory.is_some() || cpu.is_some() {
             let make = |m: Option<&Mount>| -> Option<PathBuf> {
                 let dir = m?.point.join(name);
@@ -200,6 +207,7 @@ impl Cgroups {
                 memory: make(memory),
                 cpu: make(cpu),
                 freezer: make(freezer),
+                pids: make(pids),
             };
             if v.memory.is_some() && v.cpu.is_some() {
                 return Cgroups::V1(v);
@@ -222,6 +230,7 @@ impl Cgroups {
             memory: Some(memory),
             cpu: Some(cpu),
             freezer,
+            pids: None,
         })
     }
 
@@ -239,6 +248,7 @@ impl Cgroups {
                     ("memory", &v.memory),
                     ("cpu", &v.cpu),
                     ("freezer", &v.freezer),
+                    ("pids", &v.pids),
                 ]
                 .iter()
                 .filter(|(_, p)| p.is_some())
@@ -255,7 +265,7 @@ impl Cgroups {
         let l = leaf(process_id);
         match self {
             Cgroups::V2(v) => vec![v.parent.join(l)],
-            Cgroups::V1(v) => [&v.memory, &v.cpu, &v.freezer]
+            Cgroups::V1(v) => [&v.memory, &v.cpu, &v.freezer, &v.pids]
                 .into_iter()
                 .flatten()
                 .map(|p| p.join(&l))
@@ -289,6 +299,9 @@ impl Cgroups {
                     });
                     write(&dir.join(V2_CPU_MAX), &cpu)?;
                 }
+                if !new || limits.pids.is_some() {
+                    write_pids_max(&dir, limits.pids)?;
+                }
                 Ok(new)
             }
             Cgroups::V1(v) => {
@@ -319,6 +332,14 @@ impl Cgroups {
                 }
                 if let Some(f) = &v.freezer {
                     all_new &= mkdir(&f.join(&l))?;
+                }
+                if let Some(p) = &v.pids {
+                    let dir = p.join(&l);
+                    let new = mkdir(&dir)?;
+                    all_new &= new;
+                    if !new || limits.pids.is_some() {
+                        write_pids_max(&dir, limits.pids)?;
+                    }
                 }
                 Ok(all_new)
             }
@@ -391,6 +412,30 @@ impl Cgroups {
                 Ok(())
             }
             Cgroups::Unsupported(_) => Ok(()),
+        }
+    }
+
+    /// How many forks `pids.max` has refused in this cgroup (0 where no
+    /// pids controller is used).
+    pub fn pids_refused(&self, process_id: &str) -> u64 {
+        let l = leaf(process_id);
+        match self {
+            Cgroups::V2(v) => keyed(&v.parent.join(l).join(PIDS_EVENTS), "max"),
+            Cgroups::V1(v) => v
+                .pids
+                .as_ref()
+                .and_then(|p| keyed(&p.join(l).join(PIDS_EVENTS), "max")),
+            Cgroups::Unsupported(_) => None,
+        }
+        .unwrap_or(0)
+    }
+
+    /// True when `pids.max` is enforced for instances.
+    pub fn limits_pids(&self) -> bool {
+        match self {
+            Cgroups::V2(_) => true,
+            Cgroups::V1(v) => v.pids.is_some(),
+            Cgroups::Unsupported(_) => false,
         }
     }
 
@@ -491,6 +536,16 @@ fn kill_pids(pids: &[u32]) {
     }
 }
 
+/// Writes `pids.max` in `dir` ("max" for no limit).
+fn write_pids_max(dir: &Path, pids: Option<u64>) -> Result<(), CgroupError> {
+    let value = pids.map_or("max".into(), |n| n.to_string());
+    match write(&dir.join(PIDS_MAX), &value) {
+        // A v2 tree without the pids controller has no pids.max.
+        Err(e) if e.source.kind() == ErrorKind::NotFound && pids.is_none() => Ok(()),
+        other => other,
+    }
+}
+
 impl V2 {
     /// Makes `<mount>/<name>` with memory and cpu enabled for its
     /// children. Works as root (the root cgroup may enable controllers);
@@ -505,10 +560,16 @@ impl V2 {
                 available.trim()
             ));
         }
-        write(&mount.join(V2_SUBTREE), "+memory +cpu").map_err(|e| e.to_string())?;
+        // pids where the kernel has it: a fork bomb stops at pids.max.
+        let enable = if have.contains("pids") {
+            "+memory +cpu +pids"
+        } else {
+            "+memory +cpu"
+        };
+        write(&mount.join(V2_SUBTREE), enable).map_err(|e| e.to_string())?;
         let parent = mount.join(name);
         mkdir(&parent).map_err(|e| e.to_string())?;
-        write(&parent.join(V2_SUBTREE), "+memory +cpu").map_err(|e| e.to_string())?;
+        write(&parent.join(V2_SUBTREE), enable).map_err(|e| e.to_string())?;
         Ok(V2 { parent })
     }
 }
@@ -587,6 +648,7 @@ mod tests {
             Limits {
                 cpu: Some(0.5),
                 memory: Some(64 << 20),
+                pids: Some(4096),
             },
         )
         .unwrap();
@@ -595,6 +657,7 @@ mod tests {
             std::fs::read_to_string(dir.join(V2_CPU_MAX)).unwrap(),
             "50000 100000"
         );
+        assert_eq!(std::fs::read_to_string(dir.join(PIDS_MAX)).unwrap(), "4096");
         // A new cgroup without limits keeps the kernel's defaults.
         assert!(c.create("ns:b:p", Limits::default()).unwrap());
         assert!(!t.path().join("ns:b:p").join(V2_CPU_MAX).exists());
@@ -612,6 +675,10 @@ mod tests {
             std::fs::read_to_string(dir.join(V2_MEMORY_MAX)).unwrap(),
             "max"
         );
+        // The limit was 4096 until this create took it away.
+        assert_eq!(std::fs::read_to_string(dir.join(PIDS_MAX)).unwrap(), "max");
+        std::fs::write(dir.join(PIDS_EVENTS), "max 7\n").unwrap();
+        assert_eq!(c.pids_refused("ns:a:p"), 7);
         std::fs::write(dir.join(V2_MEMORY_EVENTS), "low 0\noom 2\noom_kill 1\n").unwrap();
         assert_eq!(c.oom_kills("ns:a:p"), 1);
         assert_eq!(c.instances(), vec!["ns:a:p", "ns:b:p"]);
@@ -630,6 +697,7 @@ mod tests {
             Limits {
                 cpu: Some(1.5),
                 memory: Some(1 << 30),
+                pids: None,
             },
         )
         .unwrap();

@@ -484,6 +484,7 @@ impl Controller {
     /// Finds processes in this launcher's cgroups that no instance owns,
     /// and stops them: SIGTERM now, SIGKILL after the default grace period.
     fn sweep_orphans(&mut self, now: Instant) {
+        self.report_pids_limits();
         let grace = self.cfg.plan.default_grace;
         for id in self.cfg.cgroups.instances() {
             let owned = self.observed.get(&id).is_some_and(|o| o.process.is_some());
@@ -514,6 +515,25 @@ impl Controller {
         }
     }
 
+    /// Says which running instances hit their `pids.max` since the last
+    /// look (a fork bomb, or a limit set too low).
+    fn report_pids_limits(&mut self) {
+        for (id, o) in &mut self.observed {
+            if o.process.is_none() {
+                continue;
+            }
+            let refused = self.cfg.cgroups.pids_refused(id);
+            if refused > o.pids_refused_seen {
+                tracing::warn!(
+                    "{id}: reached its pids limit of {}: {} forks refused since the last report",
+                    o.pattern.resources.pids,
+                    refused - o.pids_refused_seen
+                );
+                o.pids_refused_seen = refused;
+            }
+        }
+    }
+
     fn finish_reaping(&mut self, now: Instant) -> Option<Instant> {
         let cgroups = &self.cfg.cgroups;
         self.reaping.retain(|(id, deadline)| {
@@ -533,9 +553,6 @@ impl Controller {
 
     fn limits_text(&self, pattern: &crate::spec::manifest::Pattern) -> String {
         let r = &pattern.resources;
-        if r.cpu_limit.is_none() && r.memory_limit.is_none() {
-            return "none requested".into();
-        }
         let mut parts = Vec::new();
         if let Some(m) = r.memory_limit {
             parts.push(format!("memory {m} bytes"));
@@ -543,15 +560,28 @@ impl Controller {
         if let Some(c) = r.cpu_limit {
             parts.push(format!("cpu {c} cores"));
         }
-        if self.cfg.cgroups.enforced() {
-            format!("{} by {}", parts.join(", "), self.cfg.cgroups.describe())
-        } else {
-            format!(
+        let cgroups = &self.cfg.cgroups;
+        if !cgroups.enforced() {
+            parts.push(format!("pids {}", r.pids));
+            return format!(
                 "NOT ENFORCED ({}): {}",
                 parts.join(", "),
-                self.cfg.cgroups.describe()
-            )
+                cgroups.describe()
+            );
         }
+        let mut text = format!("{} by {}", parts.join(", "), cgroups.describe());
+        if parts.is_empty() {
+            text = format!("no memory or cpu limit; {}", cgroups.describe());
+        }
+        if cgroups.limits_pids() {
+            text.push_str(&format!("; pids {}", r.pids));
+        } else {
+            text.push_str(&format!(
+                "; pids {} NOT ENFORCED: no pids controller",
+                r.pids
+            ));
+        }
+        text
     }
 
     /// Runs the loop until a [`Command::Shutdown`] has stopped every
@@ -1261,6 +1291,7 @@ impl Controller {
         now: Instant,
     ) {
         let oom_now = self.cfg.cgroups.oom_kills(id);
+        let refused_now = self.cfg.cgroups.pids_refused(id);
         let cgroups = self.cfg.cgroups.clone();
         let log = logs::log_path(&self.logs_dir, id);
         let offset = self.log_offsets.get(id).copied().unwrap_or(0);
@@ -1286,6 +1317,14 @@ impl Controller {
             Ok(s) => describe_exit(s),
             Err(e) => e,
         };
+        if refused_now > o.pids_refused_seen {
+            how.push_str(&format!(
+                "; it reached its pids limit of {} ({} forks refused)",
+                o.pattern.resources.pids,
+                refused_now - o.pids_refused_seen
+            ));
+            o.pids_refused_seen = refused_now;
+        }
         if oom_now > o.oom_kills_before {
             how = format!(
                 "OOM-killed: the kernel killed it for exceeding its memory limit of {} bytes ({how})",
@@ -1499,6 +1538,7 @@ impl Controller {
         let limits = Limits {
             cpu: pattern.resources.cpu_limit,
             memory: pattern.resources.memory_limit,
+            pids: Some(pattern.resources.pids),
         };
         let mut limits_text = self.limits_text(&pattern);
         let known = self.cgroup_limits.get(id) == Some(&limits);
@@ -1539,6 +1579,9 @@ impl Controller {
         o.probe_failures = 0;
         o.healthy_since = None;
         o.oom_kills_before = oom_before;
+        if !known {
+            o.pids_refused_seen = cgroups.pids_refused(id);
+        }
         let procs = cgroups.procs_files(id);
         let mut spawned = false;
         let mut launcher_problem = None;
