@@ -59,6 +59,7 @@ struct Config {
     child_pid_file: Option<PathBuf>,
     alloc_mib: Option<usize>,
     busy: bool,
+    fork_bomb: Option<usize>,
 }
 
 impl Config {
@@ -84,6 +85,7 @@ impl Config {
             child_pid_file: path("TEST_CHILD_PID_FILE"),
             alloc_mib: number("TEST_ALLOC_MB", "a number of MiB"),
             busy: flag("TEST_BUSY"),
+            fork_bomb: number("TEST_FORK_BOMB", "a number of children"),
         }
     }
 }
@@ -138,6 +140,9 @@ fn main() {
         }
         log(&format!("{NAME} child pid={pid}"));
     }
+    if let Some(n) = cfg.fork_bomb {
+        fork_bomb(n);
+    }
     if let Some(mib) = cfg.alloc_mib {
         spawn(move || allocate(mib));
     }
@@ -150,6 +155,27 @@ fn main() {
         });
     }
     common::sleep_forever();
+}
+
+/// `TEST_FORK_BOMB=<n>`: starts `n` sleeping children in the pattern's
+/// group, going on past the ones the kernel refuses; says how many started.
+fn fork_bomb(n: usize) {
+    let Ok(exe) = std::env::current_exe() else {
+        fail(1, &format!("{NAME}: cannot find its own executable"));
+    };
+    let started = (0..n)
+        .filter(|_| {
+            Command::new(&exe)
+                .arg("--child")
+                .stdin(Stdio::null())
+                .spawn()
+                .is_ok()
+        })
+        .count();
+    log(&format!(
+        "{NAME} fork bomb: {started} of {n} children started, {} refused",
+        n - started
+    ));
 }
 
 /// `test-pattern --child`: sleep until killed (SIGTERM ignored if `TEST_CHILD_IGNORE_SIGTERM=1`).
