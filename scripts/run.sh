@@ -7,5 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-patterns.sh
 cargo build --release --bin prism-launcher
-exec "${CARGO_TARGET_DIR:-target}/release/prism-launcher" \
-  --patterns-dir ./patterns --desired-dir ./desired --grpc-port 8080 "$@"
+# The launcher's own defaults are ./patterns, ./desired and :8080, so the
+# user's flags are the only ones it gets: each of them wins.
+exec "${CARGO_TARGET_DIR:-target}/release/prism-launcher" "$@"

@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// A local reconciling launcher for pattern processes.
 #[derive(Debug, Parser)]
-#[command(name = "prism-launcher", version)]
+#[command(name = "prism-launcher", version, args_override_self = true)]
 struct Flags {
     /// One sub-directory per pattern, each with manifest.yaml.
     #[arg(long, default_value = "./patterns")]
@@ -97,11 +97,18 @@ fn raise_fd_limit() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // notify warns when the kernel has already dropped the watch of a
+    // removed directory: an ordinary part of removing a pattern, not news.
+    // Shown again when RUST_LOG names notify.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("notify"))
+        && let Ok(quiet) = "notify::inotify=error".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
