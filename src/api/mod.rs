@@ -93,10 +93,14 @@ impl PatternLauncher for LauncherService {
         };
         let accepted = self.ask(|reply| Command::Launch { params, reply }).await?;
         let id = accepted.process_id.clone();
-        let settled = |s: &InstanceStatus| {
+        // Healthy is an answer at once; a failure only when a snapshot
+        // published after the call shows it, so that the launch of a
+        // circuit-broken instance waits for its new attempt, not the old
+        // failure.
+        let settled = |seq: u64, s: &InstanceStatus| {
             (s.phase == Phase::Running && s.healthy)
-                || s.phase == Phase::Failed
-                || s.failed_starts > accepted.failed_starts
+                || (seq > accepted.seq
+                    && (s.phase == Phase::Failed || s.failed_starts > accepted.failed_starts))
         };
         let timeout = self.handle.plan.startup_timeout + WAIT_MARGIN;
         // Gone from a snapshot published after the call was taken in: a
@@ -104,7 +108,7 @@ impl PatternLauncher for LauncherService {
         let withdrawn = |s: &Snapshot| s.seq > accepted.seq && !s.instances.contains_key(&id);
         let snap = self
             .wait(timeout, |s| {
-                withdrawn(s) || s.instances.get(&id).is_some_and(|i| settled(i))
+                withdrawn(s) || s.instances.get(&id).is_some_and(|i| settled(s.seq, i))
             })
             .await;
         let Some(st) = snap.instances.get(&id) else {
