@@ -148,8 +148,21 @@ pub enum LaunchError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The patterns directory cannot be read (a typo in `--patterns-dir`,
+    /// or the launcher started in another directory).
+    #[error(
+        "cannot read the patterns directory {path}: {source} (create it, or name an existing one with --patterns-dir)"
+    )]
+    PatternsDir {
+        /// The directory.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// The gRPC port cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr}: {source} (another process holds it? choose one with --grpc-port)"
+    )]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -278,6 +291,10 @@ impl Launcher {
             "Discovering patterns in directory: {}",
             self.patterns_dir.display()
         );
+        std::fs::read_dir(&self.patterns_dir).map_err(|source| LaunchError::PatternsDir {
+            path: self.patterns_dir.clone(),
+            source,
+        })?;
         for dir in [&self.desired_dir, &self.state_dir] {
             std::fs::create_dir_all(dir).map_err(|source| LaunchError::Dir {
                 path: dir.clone(),

@@ -876,7 +876,11 @@ impl Controller {
             }
             Err(e) => {
                 if self.file_errors.get(name) != Some(&e) {
-                    tracing::error!("{e} (the file's last good content stays in force)");
+                    if self.desired.count_declared_by(&source) > 0 {
+                        tracing::error!("{e} (the file's last good content stays in force)");
+                    } else {
+                        tracing::error!("{e} (nothing of it is in force)");
+                    }
                 }
                 self.file_errors.insert(name.to_string(), e);
             }
@@ -899,10 +903,16 @@ impl Controller {
         let mut lines = Vec::with_capacity(docs.len());
         let mut seen: HashMap<String, u64> = HashMap::new();
         for doc in docs {
-            let pattern = self
-                .catalog
-                .get(&doc.pattern)
-                .ok_or_else(|| at(doc.line, format!("unknown pattern {:?}", doc.pattern)))?;
+            let pattern = self.catalog.get(&doc.pattern).ok_or_else(|| {
+                at(
+                    doc.line,
+                    format!(
+                        "unknown pattern {:?} ({})",
+                        doc.pattern,
+                        self.known_patterns()
+                    ),
+                )
+            })?;
             let key = doc
                 .key(pattern.isolation)
                 .map_err(|e| at(doc.line, e.to_string()))?;
@@ -922,6 +932,20 @@ impl Controller {
             lines.push(doc.line);
         }
         Ok((specs, lines))
+    }
+
+    /// The patterns a launch may name, for "not found" errors; where none
+    /// is known, where they were looked for.
+    fn known_patterns(&self) -> String {
+        let names: Vec<&str> = self.catalog.iter().map(|p| p.name.as_str()).collect();
+        if names.is_empty() {
+            format!(
+                "no pattern is known: {} has no valid pattern directory",
+                self.cfg.patterns_dir.display()
+            )
+        } else {
+            format!("known: {}", names.join(", "))
+        }
     }
 
     /// A circuit-broken instance whose declaration changed starts again.
@@ -1045,15 +1069,16 @@ impl Controller {
                 "the launcher is shutting down".into(),
             ));
         }
+        if p.pattern.is_empty() {
+            return Err(CommandError::InvalidArgument(
+                "pattern_name is required".into(),
+            ));
+        }
         let Some(pattern) = self.catalog.get(&p.pattern).cloned() else {
             return Err(CommandError::NotFound(format!(
-                "pattern {:?} not found (known: {})",
+                "pattern {:?} not found ({})",
                 p.pattern,
-                self.catalog
-                    .iter()
-                    .map(|p| p.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.known_patterns()
             )));
         };
         let invalid = |e: crate::spec::SpecError| CommandError::InvalidArgument(e.to_string());
