@@ -789,6 +789,12 @@ impl TestEnvBuilder {
         self
     }
 
+    /// Starts with an empty patterns directory (not even test-pattern).
+    pub fn no_patterns(mut self) -> Self {
+        self.patterns.clear();
+        self
+    }
+
     /// Writes `patterns/<dir>/manifest.yaml` verbatim.
     pub fn raw_manifest(mut self, dir: &str, yaml: &str) -> Self {
         self.raw_manifests.push((dir.into(), yaml.into()));
