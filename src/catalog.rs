@@ -179,12 +179,27 @@ impl Catalog {
         (next, errors)
     }
 
-    /// The content hash of an executable, reusing the previous one when
-    /// its size and mtime are unchanged. 0 when it cannot be read.
+    /// The hash of an executable's content and mode, reusing the previous
+    /// content hash when its size and mtime are unchanged. 0 when it cannot
+    /// be read. A `chmod +x` is a change: it closes the circuit of the
+    /// pattern's instances, as a rebuild does.
     fn hash_executable(&self, path: &Path, stamps: &mut HashMap<PathBuf, ExeStamp>) -> u64 {
         let Ok(meta) = std::fs::metadata(path) else {
             return 0;
         };
+        let content = self.hash_content(path, &meta, stamps);
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(content);
+        h.write_u32(meta.mode() & 0o7777);
+        h.finish()
+    }
+
+    fn hash_content(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        stamps: &mut HashMap<PathBuf, ExeStamp>,
+    ) -> u64 {
         let len = meta.len();
         let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         if let Some(s) = self.stamps.get(path)
@@ -320,5 +335,20 @@ mod tests {
         std::fs::write(&exe, "version two!").unwrap();
         let (cat, _) = cat.reload(t.path());
         assert_ne!(cat.get("alpha").unwrap().exe_hash, first);
+    }
+
+    #[test]
+    fn a_chmod_of_the_executable_changes_the_pattern() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        write(t.path(), "a", &M.replace("NAME", "alpha"));
+        let exe = t.path().join("a").join("x");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (cat, _) = Catalog::discover(t.path());
+        let before = cat.get("alpha").unwrap().exe_hash;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (cat, _) = cat.reload(t.path());
+        assert_ne!(cat.get("alpha").unwrap().exe_hash, before);
     }
 }

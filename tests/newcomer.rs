@@ -289,3 +289,32 @@ fn removing_pattern_directories_is_no_warning() {
         .collect();
     assert!(noise.is_empty(), "noise in the log: {noise:?}");
 }
+
+#[test]
+fn making_the_executable_runnable_brings_back_a_circuit_broken_desired_instance() {
+    let env = TestEnv::builder()
+        .pattern_file(
+            "fixable/run.sh",
+            &format!("#!/bin/sh\nexec {TEST_PATTERN_BIN:?}\n"),
+            0o644,
+        )
+        .raw_manifest(
+            "fixable",
+            "name: fixable\nversion: 1.0.0\nexecutable: ./run.sh\nisolation_level: namespace\n\
+             healthcheck:\n  interval: 1s\n  timeout: 1s\n",
+        )
+        .start();
+    env.write_desired("fixable.yaml", &desired_doc("fixable", "a", &[]));
+    let id = "ns:a:fixable";
+    let failed = env.wait_entry(id, "FAILED", |p| jstr(p, "state") == "STATE_FAILED");
+    assert!(
+        jstr(&failed, "lastError").contains("Permission denied"),
+        "{failed}"
+    );
+    fs::set_permissions(
+        env.patterns_dir.join("fixable/run.sh"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod +x");
+    env.wait_running(id);
+}
