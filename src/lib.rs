@@ -261,6 +261,7 @@ impl Launcher {
                 source,
             })?;
         }
+        state_file::make_private(&self.state_dir);
         // Watch first, so that nothing changed during discovery is missed.
         let watchers = Watchers {
             patterns: watch::watch_patterns(self.patterns_dir.clone(), self.rescan),
