@@ -283,7 +283,8 @@ impl Launcher {
             );
         }
         warn_if_ephemeral(&self.port_range);
-        let cgroups = Cgroups::detect(&cgroup_name(&self.state_dir));
+        let launcher_id = cgroup_name(&self.state_dir);
+        let cgroups = Cgroups::detect(&launcher_id);
         if cgroups.enforced() {
             tracing::info!("resource limits and process trees: {}", cgroups.describe());
         } else {
@@ -311,6 +312,7 @@ impl Launcher {
                 cgroups,
                 orphan_sweep: self.orphan_sweep,
                 keep_instances_on_exit: self.keep_instances_on_exit,
+                launcher_id,
             },
             catalog,
             errors.iter().map(ToString::to_string).collect(),
