@@ -238,8 +238,10 @@ fn a_kill_during_a_burst_of_launches_leaves_one_process_per_instance_after_the_r
         listed,
         "the listed pids are not the running ones"
     );
-    let adopted = env.read_log().matches("adopted pid").count();
-    println!("{adopted} instances adopted after the restart");
+    let log = env.read_log();
+    let adopted = log.matches("adopted pid").count();
+    let found = log.lines().find(|l| l.contains("running instances found"));
+    println!("{adopted} instances adopted after the restart ({found:?})");
 
     // Negative assertion: with --orphan-sweep-interval 1s, 3 s cover at
     // least two sweeps; nothing marks a sweep that found nothing, so this

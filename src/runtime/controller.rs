@@ -364,7 +364,9 @@ impl Controller {
     /// gracefully (the planner's decisions).
     fn adopt_running(&mut self) {
         let recorded = std::mem::take(&mut self.recorded);
+        let began = Instant::now();
         let running = discover::running(&self.cfg.cgroups, &self.cfg.launcher_id);
+        let found = running.len();
         let mut hints: HashMap<String, Entry> = HashMap::with_capacity(recorded.len());
         for e in recorded {
             if running
@@ -380,11 +382,18 @@ impl Controller {
                 );
             }
         }
+        let mut adopted = 0;
         for f in running {
             let hint = hints
                 .remove(&f.process_id)
                 .filter(|e| e.pid == f.pid && e.start_time == f.start_time);
-            self.adopt_one(f, hint);
+            adopted += usize::from(self.adopt_one(f, hint));
+        }
+        if found > 0 {
+            tracing::info!(
+                "{found} running instances found, {adopted} adopted, in {:?}",
+                began.elapsed()
+            );
         }
     }
 
