@@ -301,6 +301,7 @@ impl Launcher {
                 source,
             })?;
         }
+        state_file::make_private(&self.state_dir);
         // Watch first, so that nothing changed during discovery is missed.
         let watchers = Watchers {
             patterns: watch::watch_patterns(self.patterns_dir.clone(), self.rescan),
@@ -322,7 +323,8 @@ impl Launcher {
             );
         }
         warn_if_ephemeral(&self.port_range);
-        let cgroups = Cgroups::detect(&cgroup_name(&self.state_dir));
+        let launcher_id = cgroup_name(&self.state_dir);
+        let cgroups = Cgroups::detect(&launcher_id);
         if cgroups.enforced() {
             tracing::info!("resource limits and process trees: {}", cgroups.describe());
         } else {
@@ -350,6 +352,7 @@ impl Launcher {
                 cgroups,
                 orphan_sweep: self.orphan_sweep,
                 keep_instances_on_exit: self.keep_instances_on_exit,
+                launcher_id,
             },
             catalog,
             errors.iter().map(ToString::to_string).collect(),

@@ -134,10 +134,12 @@ fn relaunching_an_existing_instance_with_a_different_config_is_failed_preconditi
 fn a_launch_that_cannot_be_persisted_is_unavailable_and_declares_nothing() {
     let env = TestEnv::start();
     let running = env.launch_running("test-pattern", "kept", &[]);
-    // The store is replaced through `<file>.tmp`; a directory there makes
-    // every write fail, even for root.
-    let blocker = env.state_dir.join("api-instances.json.tmp");
+    // The store is replaced by renaming a temp file over it; a non-empty
+    // directory in its place makes every write fail, even for root.
+    let blocker = env.state_dir.join("api-instances.json");
+    std::fs::remove_file(&blocker).expect("remove the store");
     std::fs::create_dir(&blocker).expect("blocking directory");
+    std::fs::write(blocker.join("keep"), "").expect("fill the blocking directory");
 
     // Several launches at once: they share one write, and all fail.
     let handles: Vec<_> = (0..4)
@@ -168,7 +170,15 @@ fn a_launch_that_cannot_be_persisted_is_unavailable_and_declares_nothing() {
     );
     assert!(pid_alive(jint(&running, "pid")));
 
-    std::fs::remove_dir(&blocker).expect("remove the blocker");
+    let mut left: Vec<String> = std::fs::read_dir(&env.state_dir)
+        .expect("state dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    left.sort();
+    assert!(left.is_empty(), "failed writes left temp files: {left:?}");
+
+    std::fs::remove_dir_all(&blocker).expect("remove the blocker");
     env.launch_running("test-pattern", "lost-0", &[]);
     let stored = std::fs::read_to_string(env.state_dir.join("api-instances.json"))
         .expect("the store is written");

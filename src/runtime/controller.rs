@@ -19,6 +19,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::cgroup::{Cgroups, Limits};
+use super::discover;
 use super::logs::{self, LogEcho};
 use super::ports::PortAllocator;
 use super::snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
@@ -161,6 +162,9 @@ pub struct ControllerConfig {
     pub orphan_sweep: Duration,
     /// Leave instances running on shutdown, for the next launcher.
     pub keep_instances_on_exit: bool,
+    /// The name of this launcher's parent cgroup, also in the marker of
+    /// its children's environment.
+    pub launcher_id: String,
 }
 
 /// Handles to talk to a running controller.
@@ -246,6 +250,8 @@ pub struct Controller {
     problems_dirty: bool,
     /// The port range's exhaustion was logged (once until a port is freed).
     ports_exhausted_logged: bool,
+    /// The process table an earlier launcher left, until adoption.
+    recorded: Vec<Entry>,
 }
 
 /// A controller could not be set up.
@@ -321,13 +327,12 @@ impl Controller {
         let echo = LogEcho::start(&logs_dir);
         let ports = PortAllocator::new(cfg.port_range.clone(), super::ports::os_bindable);
         let table = ProcessTable::new(&cfg.state_dir);
-        // A table that cannot be read costs the adoption, not the start:
-        // what it recorded is still found in the cgroups and reaped.
+        // Only a hint: adoption goes by what runs (see `adopt_running`).
         let recorded = table.load().unwrap_or_else(|e| {
-            tracing::error!("cannot read the process table, adopting nothing: {e}");
+            tracing::warn!("cannot read the process table, adopting from the kernel alone: {e}");
             Vec::new()
         });
-        let mut c = Controller {
+        let c = Controller {
             watchers,
             files: BTreeMap::new(),
             file_errors: BTreeMap::new(),
@@ -366,86 +371,173 @@ impl Controller {
             problems_shown: Arc::new(Vec::new()),
             problems_dirty: false,
             ports_exhausted_logged: false,
+            recorded,
         };
-        c.adopt(recorded);
         Ok((c, handle))
     }
 
     // ----- containment: adoption, orphans, the process table ------------
 
-    /// Takes over the processes an earlier launcher with this state
-    /// directory recorded and that are still alive (pid and start time
-    /// match). Whether they are still desired is the planner's to decide,
-    /// once the desired directory has been read.
-    fn adopt(&mut self, recorded: Vec<Entry>) {
+    /// Takes over the instance processes of an earlier launcher with this
+    /// state directory that still run, as the kernel shows them (see
+    /// [`discover`]); the process table only confirms ports and specs.
+    /// Runs once the desired directory has been read: a process started
+    /// with the declaration in force is adopted with it, one started with
+    /// another is restarted gracefully, one no longer declared is stopped
+    /// gracefully (the planner's decisions).
+    fn adopt_running(&mut self) {
+        let recorded = std::mem::take(&mut self.recorded);
+        let began = Instant::now();
+        let running = discover::running(&self.cfg.cgroups, &self.cfg.launcher_id);
+        let found = running.len();
+        let mut hints: HashMap<String, Entry> = HashMap::with_capacity(recorded.len());
         for e in recorded {
-            if !table::is_same_process(e.pid, e.start_time) {
+            if running
+                .iter()
+                .any(|f| f.pid == e.pid && f.start_time == e.start_time)
+            {
+                hints.insert(e.process_id.clone(), e);
+            } else {
                 tracing::info!(
-                    "{}: recorded pid {} is gone (or now another process); not touched",
+                    "{}: recorded pid {} is not running as this instance (gone, another process now, or outside its cgroup); not touched",
                     e.process_id,
                     e.pid
                 );
-                continue;
             }
-            let fd = match table::pidfd_open(e.pid) {
-                Ok(fd) if table::is_same_process(e.pid, e.start_time) => fd,
-                Ok(_) => continue,
-                Err(err) => {
-                    tracing::warn!(
-                        "{}: cannot watch pid {}: {err}; not adopted",
-                        e.process_id,
-                        e.pid
-                    );
-                    continue;
-                }
-            };
-            let Some(pattern) = self.catalog.get(&e.spec.key.pattern).cloned() else {
-                // Without its pattern it can neither be probed nor
-                // restarted: the orphan sweep stops it.
-                tracing::warn!(
-                    "{}: pid {} runs pattern {} which is not in the catalog; not adopted, the orphan sweep stops it",
-                    e.process_id,
-                    e.pid,
-                    e.spec.key.pattern
-                );
-                continue;
-            };
-            let ports = e.ports();
-            self.ports.hold(ports);
-            let epoch = self.next_epoch;
-            self.next_epoch += 1;
-            let mut o = ObservedInstance::new(e.spec.clone(), pattern.clone(), ports);
-            o.phase = Phase::Starting;
-            o.restart_now = false;
-            o.process = Some(ProcessInfo {
-                pid: e.pid,
-                epoch,
-                started_at: Instant::now(),
-                start_time: e.start_time,
-            });
-            o.oom_kills_before = self.cfg.cgroups.oom_kills(&e.process_id);
-            o.limits = self.limits_text(&pattern);
-            tracing::info!(
-                "{}: adopted pid {} from an earlier launcher",
-                e.process_id,
-                e.pid
-            );
-            let id: Arc<str> = Arc::from(e.process_id.as_str());
-            let log = logs::log_path(&self.logs_dir, &e.process_id);
-            self.log_offsets
-                .insert(e.process_id.clone(), logs::log_len(&log));
-            self.echo.track(log, id.clone());
-            tokio::spawn(supervise(
-                Exit::Adopted(fd),
-                id,
-                epoch,
-                probe_target(&pattern, ports),
-                self.client.clone(),
-                self.events_tx.clone(),
-            ));
-            self.touch(&e.process_id);
-            self.observed.insert(e.process_id, o);
         }
+        let mut adopted = 0;
+        for f in running {
+            let hint = hints
+                .remove(&f.process_id)
+                .filter(|e| e.pid == f.pid && e.start_time == f.start_time);
+            adopted += usize::from(self.adopt_one(f, hint));
+        }
+        if found > 0 {
+            tracing::info!(
+                "{found} running instances found, {adopted} adopted, in {:?}",
+                began.elapsed()
+            );
+        }
+    }
+
+    /// Adopts one running instance process; false when it cannot be (it
+    /// is then left to the orphan sweep).
+    fn adopt_one(&mut self, f: discover::Found, hint: Option<Entry>) -> bool {
+        let id = f.process_id.clone();
+        if self.observed.contains_key(&id) {
+            return false;
+        }
+        let fd = match table::pidfd_open(f.pid) {
+            Ok(fd) if table::is_same_process(f.pid, f.start_time) => fd,
+            Ok(_) => return false,
+            Err(err) => {
+                tracing::warn!("{id}: cannot watch pid {}: {err}; not adopted", f.pid);
+                return false;
+            }
+        };
+        let declared = self.desired.get(&id).map(|d| d.spec().clone());
+        let key = [
+            declared.as_ref().map(|s| &s.key),
+            hint.as_ref().map(|e| &e.spec.key),
+            f.key.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|k| k.process_id() == id)
+        .cloned();
+        let Some(key) = key else {
+            tracing::warn!(
+                "{id}: pid {} names no valid pattern; not adopted, the orphan sweep stops it",
+                f.pid
+            );
+            return false;
+        };
+        let Some(pattern) = self.catalog.get(&key.pattern).cloned() else {
+            // Without its pattern it can neither be probed nor
+            // restarted: the orphan sweep stops it.
+            tracing::warn!(
+                "{id}: pid {} runs pattern {} which is not in the catalog; not adopted, the orphan sweep stops it",
+                f.pid,
+                key.pattern
+            );
+            return false;
+        };
+        // The spec it runs with: the declaration's when the hashes agree,
+        // else the recorded one when it does, else an unknown one (which
+        // the planner replaces with a graceful restart).
+        let grace = hint
+            .as_ref()
+            .and_then(|e| e.spec.grace_period)
+            .or_else(|| declared.as_ref().and_then(|s| s.grace_period));
+        let known = declared
+            .filter(|s| discover::spec_hash(s) == f.spec_hash)
+            .or_else(|| {
+                hint.as_ref()
+                    .map(|e| e.spec.clone())
+                    .filter(|s| discover::spec_hash(s) == f.spec_hash)
+            });
+        let mut restart = known.is_none();
+        let mut spec = known.unwrap_or_else(|| discover::unknown_spec(key.clone(), grace));
+        let given = f.ports.or_else(|| hint.as_ref().map(Entry::ports));
+        let ports = match given.filter(|p| self.ports.try_hold(*p)) {
+            Some(p) => p,
+            None => {
+                // Its ports are unknown or another instance's: it gets
+                // new ones through a restart.
+                match self.ports.assign(pattern.health.port) {
+                    Ok(p) => {
+                        restart = true;
+                        spec = discover::unknown_spec(key, grace);
+                        tracing::warn!(
+                            "{id}: pid {} has unknown or taken ports ({given:?}): restarting it on new ones",
+                            f.pid
+                        );
+                        p
+                    }
+                    Err(e) => {
+                        tracing::error!("{id}: pid {} not adopted: {e}", f.pid);
+                        return false;
+                    }
+                }
+            }
+        };
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let mut o = ObservedInstance::new(spec, pattern.clone(), ports);
+        o.phase = Phase::Starting;
+        o.restart_now = false;
+        o.process = Some(ProcessInfo {
+            pid: f.pid,
+            epoch,
+            started_at: Instant::now(),
+            start_time: f.start_time,
+        });
+        o.oom_kills_before = self.cfg.cgroups.oom_kills(&id);
+        o.limits = self.limits_text(&pattern);
+        if restart {
+            tracing::info!(
+                "{id}: adopted pid {} from an earlier launcher; it was started with another declaration: restarting it",
+                f.pid
+            );
+        } else {
+            tracing::info!("{id}: adopted pid {} from an earlier launcher", f.pid);
+        }
+        let pid_key: Arc<str> = Arc::from(id.as_str());
+        let log = logs::log_path(&self.logs_dir, &id);
+        self.log_offsets.insert(id.clone(), logs::log_len(&log));
+        self.echo.track(log, pid_key.clone());
+        tokio::spawn(supervise(
+            Exit::Adopted(fd),
+            pid_key,
+            epoch,
+            probe_target(&pattern, ports),
+            self.client.clone(),
+            self.events_tx.clone(),
+        ));
+        self.touch(&id);
+        self.observed.insert(id, o);
+        self.table_dirty = true;
+        true
     }
 
     /// Writes the process table when it changed.
@@ -485,7 +577,6 @@ impl Controller {
     /// and stops them: SIGTERM now, SIGKILL after the default grace period.
     fn sweep_orphans(&mut self, now: Instant) {
         self.report_pids_limits();
-        let grace = self.cfg.plan.default_grace;
         for id in self.cfg.cgroups.instances() {
             let owned = self.observed.get(&id).is_some_and(|o| o.process.is_some());
             if owned || self.reaping.iter().any(|(r, _)| *r == id) {
@@ -500,18 +591,7 @@ impl Controller {
                 }
                 continue;
             }
-            tracing::warn!(
-                "orphan processes of {id} (pids {pids:?}): no instance owns them; stopping them (grace {grace:?})"
-            );
-            for pid in pids {
-                if let Ok(raw) = i32::try_from(pid)
-                    && raw > 1
-                {
-                    let _ =
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGTERM);
-                }
-            }
-            self.reaping.push((id, now + grace));
+            self.reap(id, &pids, now);
         }
     }
 
@@ -534,9 +614,62 @@ impl Controller {
         }
     }
 
+    /// Stops the processes of `id`'s cgroup that no instance owns: SIGTERM
+    /// now, SIGKILL after the default grace period.
+    fn reap(&mut self, id: String, pids: &[u32], now: Instant) {
+        let grace = self.cfg.plan.default_grace;
+        tracing::warn!(
+            "orphan processes of {id} (pids {pids:?}): no instance owns them; stopping them (grace {grace:?})"
+        );
+        for &pid in pids {
+            if let Ok(raw) = i32::try_from(pid)
+                && raw > 1
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGTERM);
+            }
+        }
+        self.reaping.push((id, now + grace));
+    }
+
+    /// Before `id` is started: true while a process of it may still run,
+    /// which must not get a second copy. Its orphans are being stopped; or
+    /// it is not observed and its cgroup holds live processes: one with
+    /// our marker is adopted, anything else is stopped as an orphan. The
+    /// start waits until they are gone.
+    fn still_running(&mut self, id: &str, now: Instant) -> bool {
+        if self.reaping.iter().any(|(r, _)| r == id) {
+            return true;
+        }
+        if self.observed.contains_key(id) {
+            return false;
+        }
+        let pids: Vec<u32> = self
+            .cfg
+            .cgroups
+            .pids(id)
+            .into_iter()
+            .filter(|p| table::start_time(*p).is_some())
+            .collect();
+        if pids.is_empty() {
+            return false;
+        }
+        if let Some(f) = discover::in_cgroup(&self.cfg.cgroups, id, &self.cfg.launcher_id)
+            && self.adopt_one(f, None)
+        {
+            return true;
+        }
+        self.reap(id.to_string(), &pids, now);
+        true
+    }
+
     fn finish_reaping(&mut self, now: Instant) -> Option<Instant> {
         let cgroups = &self.cfg.cgroups;
+        let observed = &self.observed;
         self.reaping.retain(|(id, deadline)| {
+            // Never kill what an instance owns now.
+            if observed.get(id).is_some_and(|o| o.process.is_some()) {
+                return false;
+            }
             if cgroups.pids(id).is_empty() {
                 let _ = cgroups.remove(id);
                 tracing::info!("orphan processes of {id} are gone");
@@ -590,6 +723,7 @@ impl Controller {
         let empty = DesiredSet::default();
         let mut passes_in_a_row = 0u32;
         self.wait_for_sync().await;
+        self.adopt_running();
         loop {
             let now = Instant::now();
             self.heartbeat.store(
@@ -680,8 +814,8 @@ impl Controller {
     }
 
     /// Applies the desired directory's first scan before anything is
-    /// planned: an adopted instance declared by a file must not look
-    /// undesired for the moment before the file is read. Commands wait.
+    /// adopted or planned: a running instance declared by a file must not
+    /// look undesired for the moment before the file is read. Commands wait.
     async fn wait_for_sync(&mut self) {
         let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT;
         while !self.synced {
@@ -697,20 +831,6 @@ impl Controller {
             }
         }
         self.synced = true;
-        self.share_adopted_configs();
-    }
-
-    /// An adopted instance's spec was read from the process table, so its
-    /// config is a copy of the declaration's: share the declaration's, which
-    /// keeps the planner's per-pass comparison a pointer check.
-    fn share_adopted_configs(&mut self) {
-        for (id, o) in &mut self.observed {
-            if let Some(d) = self.desired.get(id)
-                && d.spec().config == o.spec.config
-            {
-                o.spec.config = d.spec().config.clone();
-            }
-        }
     }
 
     fn touch(&mut self, id: &str) {
@@ -1540,6 +1660,9 @@ impl Controller {
         let Some(pattern) = self.catalog.get(&spec.key.pattern).cloned() else {
             return;
         };
+        if self.still_running(id, now) {
+            return;
+        }
         if !self.observed.contains_key(id) {
             let ports = match self.ports.assign(pattern.health.port) {
                 Ok(p) => p,
@@ -1610,7 +1733,15 @@ impl Controller {
         let procs = cgroups.procs_files(id);
         let mut spawned = false;
         let mut launcher_problem = None;
-        match spawn::spawn(id, &o.spec, &pattern, o.ports, &log, &procs) {
+        match spawn::spawn(
+            id,
+            &o.spec,
+            &pattern,
+            o.ports,
+            &log,
+            &procs,
+            &self.cfg.launcher_id,
+        ) {
             Ok(child) => {
                 let pid = child.pid;
                 // The child joined its cgroups before exec; when one of its

@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod controller;
+pub mod discover;
 pub mod logs;
 pub mod ports;
 pub mod snapshot;

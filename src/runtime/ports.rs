@@ -95,6 +95,19 @@ impl PortAllocator {
         self.held.insert(ports.health);
     }
 
+    /// Holds an adopted instance's ports unless one of them is held
+    /// already; false then (and nothing is held).
+    pub fn try_hold(&mut self, ports: Ports) -> bool {
+        if ports.grpc == ports.health
+            || self.held.contains(&ports.grpc)
+            || self.held.contains(&ports.health)
+        {
+            return false;
+        }
+        self.hold(ports);
+        true
+    }
+
     /// Frees an instance's ports.
     pub fn release(&mut self, ports: Ports) {
         self.free(ports.grpc);
@@ -194,6 +207,11 @@ mod tests {
         let mut b = PortAllocator::new(1..=10, all_free);
         b.hold(Ports { grpc: 1, health: 3 });
         assert_eq!(b.assign(None).unwrap(), Ports { grpc: 2, health: 4 });
+        // Two adopted processes never share a port.
+        assert!(!b.try_hold(Ports { grpc: 5, health: 4 }));
+        assert!(!b.try_hold(Ports { grpc: 6, health: 6 }));
+        assert!(b.try_hold(Ports { grpc: 5, health: 6 }));
+        assert_eq!(b.assign(None).unwrap(), Ports { grpc: 7, health: 8 });
     }
 
     #[test]

@@ -83,12 +83,15 @@ pub fn check_executable(path: &Path) -> Result<(), String> {
 }
 
 /// The environment a pattern process gets on top of the launcher's own,
-/// in the order of SPEC §5 (later entries win).
+/// in the order of SPEC §5 (later entries win), and last the marker by
+/// which `launcher` finds it again after a restart (see
+/// [`super::discover`]), which nothing can override.
 pub fn environment(
     process_id: &str,
     spec: &InstanceSpec,
     pattern: &Pattern,
     ports: Ports,
+    launcher: &str,
 ) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATTERN_NAME".to_string(), pattern.name.clone()),
@@ -107,6 +110,10 @@ pub fn environment(
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     env.extend(spec.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.push((
+        super::discover::MARKER_VAR.to_string(),
+        super::discover::marker(launcher, spec),
+    ));
     env
 }
 
@@ -140,6 +147,7 @@ pub fn spawn(
     ports: Ports,
     log: &Path,
     cgroup_procs: &[PathBuf],
+    launcher: &str,
 ) -> Result<Spawned, SpawnError> {
     let log_err = |source| SpawnError::Log {
         path: log.to_path_buf(),
@@ -161,7 +169,7 @@ pub fn spawn(
     };
     let child = ChildSetup::new(
         pattern,
-        environment(process_id, spec, pattern, ports),
+        environment(process_id, spec, pattern, ports, launcher),
         [stdin.into(), out.into(), err.into()],
         cgroup_procs,
     )
@@ -512,7 +520,32 @@ mod tests {
         )
         .unwrap();
         pattern.args.clear();
-        let env = environment("ns:t:p", &spec, &pattern, Ports { grpc: 1, health: 2 });
+        let mut config = BTreeMap::new();
+        config.insert("PRISM_INSTANCE".to_string(), "forged".to_string());
+        let mut forged = spec.clone();
+        forged.config = config.into();
+        let env = environment(
+            "ns:t:p",
+            &forged,
+            &pattern,
+            Ports { grpc: 1, health: 2 },
+            "me",
+        );
+        assert_eq!(
+            env.last(),
+            Some(&(
+                "PRISM_INSTANCE".to_string(),
+                crate::runtime::discover::marker("me", &forged)
+            )),
+            "the marker comes last, after config"
+        );
+        let env = environment(
+            "ns:t:p",
+            &spec,
+            &pattern,
+            Ports { grpc: 1, health: 2 },
+            "me",
+        );
         let last = |k: &str| {
             env.iter()
                 .rev()
@@ -569,7 +602,7 @@ mod tests {
                       read line || echo stdin-empty; echo oops >&2; exit 3";
         let pattern = sh_pattern(&dir, script);
         let ports = Ports { grpc: 1, health: 2 };
-        let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &procs).unwrap();
+        let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &procs, "me").unwrap();
         assert!(s.joined_cgroups);
         assert_eq!(
             wait(&s),
@@ -594,7 +627,7 @@ mod tests {
         cat.executable = PathBuf::from("/bin/cat");
         cat.args = vec!["/proc/self/status".into()];
         let status_log = t.path().join("status.log");
-        let s = spawn("ns:t:p", &spec(), &cat, ports, &status_log, &[]).unwrap();
+        let s = spawn("ns:t:p", &spec(), &cat, ports, &status_log, &[], "me").unwrap();
         wait(&s);
         let status = std::fs::read_to_string(&status_log).unwrap();
         assert!(status.contains("SigBlk:\t0000000000000000\n"), "{status}");
@@ -620,6 +653,7 @@ mod tests {
             ports,
             &t.path().join("l"),
             &procs,
+            "me",
         )
         .unwrap();
         assert!(!s.joined_cgroups);
@@ -636,20 +670,20 @@ mod tests {
         let log = t.path().join("l");
         let mut missing = sh_pattern(t.path(), "");
         missing.executable = t.path().join("nope");
-        let e = spawn("ns:t:p", &spec(), &missing, ports, &log, &[]).unwrap_err();
+        let e = spawn("ns:t:p", &spec(), &missing, ports, &log, &[], "me").unwrap_err();
         let text = e.to_string();
         assert!(text.starts_with("cannot execute "), "{text}");
         assert!(text.contains("No such file or directory"), "{text}");
 
         let mut not_exe = sh_pattern(t.path(), "");
         not_exe.executable = log.clone();
-        let text = spawn("ns:t:p", &spec(), &not_exe, ports, &log, &[])
+        let text = spawn("ns:t:p", &spec(), &not_exe, ports, &log, &[], "me")
             .unwrap_err()
             .to_string();
         assert!(text.contains("Permission denied"), "{text}");
 
         let gone = sh_pattern(&t.path().join("gone"), "exit 0");
-        let text = spawn("ns:t:p", &spec(), &gone, ports, &log, &[])
+        let text = spawn("ns:t:p", &spec(), &gone, ports, &log, &[], "me")
             .unwrap_err()
             .to_string();
         assert!(
@@ -669,7 +703,7 @@ mod tests {
         cat.args = vec!["/proc/self/limits".into()];
         let log = t.path().join("l");
         let ports = Ports { grpc: 1, health: 2 };
-        let s = spawn("ns:t:p", &spec(), &cat, ports, &log, &[]).unwrap();
+        let s = spawn("ns:t:p", &spec(), &cat, ports, &log, &[], "me").unwrap();
         wait(&s);
         let limits = std::fs::read_to_string(&log).unwrap();
         let line = limits
@@ -690,7 +724,7 @@ mod tests {
         pattern.args = vec!["an-arg".into()];
         let log = t.path().join("l");
         let ports = Ports { grpc: 1, health: 2 };
-        let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &[]).unwrap();
+        let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &[], "me").unwrap();
         assert_eq!(
             wait(&s),
             nix::sys::wait::WaitStatus::Exited(Pid::from_raw(s.pid as i32), 4)

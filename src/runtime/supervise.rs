@@ -333,8 +333,16 @@ mod tests {
         let key = crate::spec::InstanceKey::new("p", crate::spec::Isolation::None, "", "").unwrap();
         let spec = crate::spec::InstanceSpec::new(key, Default::default(), None).unwrap();
         let ports = crate::reconcile::observed::Ports { grpc: 1, health: 2 };
-        crate::runtime::spawn::spawn("shared:p", &spec, &pattern, ports, &t.path().join("l"), &[])
-            .unwrap()
+        crate::runtime::spawn::spawn(
+            "shared:p",
+            &spec,
+            &pattern,
+            ports,
+            &t.path().join("l"),
+            &[],
+            "me",
+        )
+        .unwrap()
     }
 
     #[tokio::test]

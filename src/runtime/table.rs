@@ -83,17 +83,31 @@ pub fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Field 22 of a `/proc/<pid>/stat` line, unless the state (field 3) is Z
-/// or X. The command name (field 2) may hold spaces and parentheses, so
-/// fields are counted from the last ')'.
+/// or X.
 fn parse_stat(stat: &str) -> Option<u64> {
+    parse_stat_group(stat).map(|(_, start)| start)
+}
+
+/// The process group (field 5) and start time (field 22) of a live
+/// process. The command name (field 2) may hold spaces and parentheses,
+/// so fields are counted from the last ')'.
+fn parse_stat_group(stat: &str) -> Option<(u32, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let state = fields.next()?;
     if state == "Z" || state == "X" {
         return None;
     }
-    // After the state come fields 4..; start time is field 22.
-    fields.nth(22 - 4)?.parse().ok()
+    // After the state come fields 4..: ppid, then the process group.
+    let pgid = fields.nth(1)?.parse().ok()?;
+    let start = fields.nth(22 - 6)?.parse().ok()?;
+    Some((pgid, start))
+}
+
+/// The process group and start time of a live process.
+pub fn group_and_start(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_group(&stat)
 }
 
 /// True when `pid` is alive and is the process that started at `start`.
@@ -131,6 +145,7 @@ mod tests {
         let stat =
             "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200";
         assert_eq!(parse_stat(stat), Some(987_654));
+        assert_eq!(parse_stat_group(stat), Some((4242, 987_654)));
         let zombie = "4242 (x) Z 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 0 0";
         assert_eq!(parse_stat(zombie), None);
     }

@@ -49,7 +49,8 @@ impl fmt::Display for Isolation {
 }
 
 /// Environment variables the launcher sets itself; config may not override them.
-pub const RESERVED_ENV: [&str; 8] = [
+pub const RESERVED_ENV: [&str; 9] = [
+    "PRISM_INSTANCE",
     "PATTERN_NAME",
     "PATTERN_VERSION",
     "PROCESS_ID",
