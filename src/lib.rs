@@ -18,6 +18,8 @@ pub mod reconcile;
 pub mod runtime;
 pub mod spec;
 pub mod state_file;
+#[cfg(test)]
+mod test_util;
 pub mod watch;
 
 use std::future::Future;
