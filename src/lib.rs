@@ -28,8 +28,6 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio_stream::wrappers::TcpListenerStream;
-
 use crate::catalog::{Catalog, DiscoveryError};
 use crate::reconcile::PlanConfig;
 use crate::runtime::cgroup::Cgroups;
@@ -62,21 +60,6 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/launcher_descriptor.bin"));
 }
 
-/// Accepted connections with Nagle's algorithm off: small replies must not
-/// wait for the client's delayed ACK (tonic only does this for listeners
-/// it binds itself).
-fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        // Only latency is at stake: a socket that refuses still serves.
-        let _ = conn.set_nodelay(true);
-        Ok(conn)
-    })
-}
-
 /// Warns when `--port-range` overlaps the kernel's ephemeral port range
 /// (unless those ports are reserved): any outgoing connection on the
 /// machine, the launcher's own probes included, may then hold a port that
@@ -98,6 +81,9 @@ fn warn_if_ephemeral(range: &RangeInclusive<u16>) {
         );
     }
 }
+
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// How long calls in flight may take to finish once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -156,6 +142,7 @@ pub struct Launcher {
     rescan: Duration,
     orphan_sweep: Duration,
     keep_instances_on_exit: bool,
+    max_connections: usize,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -224,6 +211,11 @@ impl LauncherBuilder {
         self.0.keep_instances_on_exit = on;
         self
     }
+    /// `--max-connections`: gRPC connections open at once.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.0.max_connections = n.max(1);
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -244,6 +236,7 @@ impl Launcher {
             rescan: Duration::from_secs(10),
             orphan_sweep: Duration::from_secs(60),
             keep_instances_on_exit: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         })
     }
 
@@ -341,13 +334,17 @@ impl Launcher {
         );
         tracing::info!("Serving gRPC on :{} ({addr})", self.grpc_port);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming =
+            api::incoming::bounded(listener, self.max_connections, handle.snapshots.clone());
         let mut server = tokio::spawn(
             tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(api::conn::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(api::conn::KEEPALIVE_TIMEOUT))
                 .add_service(service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(health_service)
-                .serve_with_incoming_shutdown(incoming(listener), async {
+                .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
                 }),
         );
