@@ -110,7 +110,7 @@ impl Every {
 enum Refusal {
     #[error("--max-connections {0} reached")]
     Cap(usize),
-    #[error("{open} of {limit} descriptors open, {reserve} are kept for the instances")]
+    #[error("{open} of {limit} descriptors open, {reserve} are kept for the launcher's own use")]
     Fds { open: u64, limit: u64, reserve: u64 },
     #[error("cannot count the open descriptors")]
     Uncounted,
