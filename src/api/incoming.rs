@@ -443,4 +443,36 @@ mod tests {
         );
         assert!(is_closed_by_server(clients.last_mut().unwrap()).await);
     }
+
+    /// accept(2) failing with EMFILE (in a child process of its own, see
+    /// [`crate::test_util`]): the stream neither ends nor hands anything
+    /// out, backs off, and takes the connection once descriptors are free.
+    #[tokio::test]
+    async fn accept_errors_back_off_and_do_not_end_the_stream() {
+        const SEEN: &str = "accepted after EMFILE";
+        if !crate::test_util::in_child(
+            "api::incoming::tests::accept_errors_back_off_and_do_not_end_the_stream",
+            SEEN,
+        ) {
+            return;
+        }
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut inc = Incoming::new(l, 4, D, None, || 0);
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let held = crate::test_util::exhaust_fds();
+        let none = tokio::time::timeout(Duration::from_millis(500), inc.next()).await;
+        assert!(
+            none.is_err(),
+            "nothing (not even the end) while accept fails"
+        );
+        assert!(inc.backoff > BACKOFF_MIN, "{:?}", inc.backoff);
+        drop(held);
+        let mut c = tokio::time::timeout(Duration::from_secs(5), greeted(&mut inc, &mut client))
+            .await
+            .expect("the connection is taken once descriptors are free");
+        assert_eq!(inc.open(), 1);
+        c.shutdown().await.unwrap();
+        println!("{SEEN}");
+    }
 }
