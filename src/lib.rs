@@ -18,6 +18,8 @@ pub mod reconcile;
 pub mod runtime;
 pub mod spec;
 pub mod state_file;
+#[cfg(test)]
+mod test_util;
 pub mod watch;
 
 use std::future::Future;
@@ -25,8 +27,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::catalog::{Catalog, DiscoveryError};
 use crate::reconcile::PlanConfig;
@@ -58,21 +58,6 @@ pub mod proto {
     /// Encoded `FileDescriptorSet` of the launcher's proto, for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/launcher_descriptor.bin"));
-}
-
-/// Accepted connections with Nagle's algorithm off: small replies must not
-/// wait for the client's delayed ACK (tonic only does this for listeners
-/// it binds itself).
-fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        // Only latency is at stake: a socket that refuses still serves.
-        let _ = conn.set_nodelay(true);
-        Ok(conn)
-    })
 }
 
 /// Warns when `--port-range` overlaps the kernel's ephemeral port range
@@ -119,6 +104,9 @@ pub fn exit_on_panic() {
         }
     }));
 }
+
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// How long calls in flight may take to finish once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -190,6 +178,7 @@ pub struct Launcher {
     rescan: Duration,
     orphan_sweep: Duration,
     keep_instances_on_exit: bool,
+    max_connections: usize,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -258,6 +247,11 @@ impl LauncherBuilder {
         self.0.keep_instances_on_exit = on;
         self
     }
+    /// `--max-connections`: gRPC connections open at once.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.0.max_connections = n.max(1);
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -278,6 +272,7 @@ impl Launcher {
             rescan: Duration::from_secs(10),
             orphan_sweep: Duration::from_secs(60),
             keep_instances_on_exit: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         })
     }
 
@@ -382,13 +377,17 @@ impl Launcher {
         );
         tracing::info!("Serving gRPC on :{} ({addr})", self.grpc_port);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming =
+            api::incoming::bounded(listener, self.max_connections, handle.snapshots.clone());
         let mut server = tokio::spawn(
             tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(api::conn::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(api::conn::KEEPALIVE_TIMEOUT))
                 .add_service(service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(health_service)
-                .serve_with_incoming_shutdown(incoming(listener), async {
+                .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
                 }),
         );

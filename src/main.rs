@@ -57,6 +57,21 @@ struct Flags {
     /// launcher with the same --state-dir to adopt.
     #[arg(long)]
     keep_instances_on_exit: bool,
+    /// gRPC connections open at once. When all are taken, the oldest one
+    /// that has not sent its HTTP/2 preface yet is closed for a new one,
+    /// else the new one is. Lowered if the open-file limit would not leave
+    /// a reserve for the launcher's own use.
+    #[arg(long, default_value_t = prism_launcher::DEFAULT_MAX_CONNECTIONS,
+          value_parser = positive)]
+    max_connections: usize,
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -136,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
         .rolling_restart(!flags.no_rolling_restart)
         .orphan_sweep(flags.orphan_sweep_interval)
         .keep_instances_on_exit(flags.keep_instances_on_exit)
+        .max_connections(flags.max_connections)
         .build()
         .run(shutdown)
         .await

@@ -2,7 +2,9 @@
 //! to domain types, sends commands to the controller and waits on its
 //! snapshots. It makes no lifecycle decision.
 
+pub mod conn;
 pub mod convert;
+pub mod incoming;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,11 +1,14 @@
 //! One task per running process: notices its exit at once and runs its
-//! health probes, reporting both to the controller as events.
+//! health probes, reporting both to the controller as events. A probe the
+//! launcher itself could not make (out of descriptors or memory) is not
+//! reported: it says nothing about the instance.
 //!
 //! Decides nothing: it never restarts, stops or signals a process.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -55,16 +58,78 @@ pub struct ProbeTarget {
 const STARTUP_STEP_MIN: Duration = Duration::from_millis(1);
 const STARTUP_STEP_MAX: Duration = Duration::from_millis(10);
 
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFailure {
+    /// The instance answered badly, late or not at all: counts against it.
+    #[error("{0}")]
+    Instance(String),
+    /// The launcher could not make the request (no descriptor, buffer or
+    /// memory for a socket): says nothing about the instance.
+    #[error("{0}")]
+    Launcher(String),
+}
+
+/// The launcher's own OS error in `e`'s source chain, if any: out of
+/// descriptors (EMFILE, ENFILE), buffers (ENOBUFS) or memory (ENOMEM).
+pub fn launcher_side(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error> {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(code) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .filter(|c| [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(c))
+        {
+            return Some(std::io::Error::from_raw_os_error(code));
+        }
+        next = err.source();
+    }
+    None
+}
+
 /// Probes once: any 2xx is healthy.
-pub async fn probe(client: &reqwest::Client, t: &ProbeTarget) -> Result<(), String> {
+pub async fn probe(client: &reqwest::Client, t: &ProbeTarget) -> Result<(), ProbeFailure> {
+    use ProbeFailure::Instance;
     match client.get(&t.url).timeout(t.timeout).send().await {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("GET {} answered {}", t.url, r.status())),
-        Err(e) if e.is_timeout() => Err(format!("GET {} timed out after {:?}", t.url, t.timeout)),
-        Err(e) if e.is_connect() => Err(format!("GET {}: connection refused", t.url)),
-        Err(e) => Err(format!("GET {}: {e}", t.url)),
+        Ok(r) => Err(Instance(format!("GET {} answered {}", t.url, r.status()))),
+        Err(e) if let Some(os) = launcher_side(&e) => Err(ProbeFailure::Launcher(format!(
+            "GET {}: the launcher cannot open a connection: {os}",
+            t.url
+        ))),
+        Err(e) if e.is_timeout() => Err(Instance(format!(
+            "GET {} timed out after {:?}",
+            t.url, t.timeout
+        ))),
+        Err(e) if e.is_connect() => Err(Instance(format!("GET {}: connection refused", t.url))),
+        Err(e) => Err(Instance(format!("GET {}: {e}", t.url))),
     }
 }
+
+/// Warns that a probe was not made, at most once per [`NOT_PROBED_EVERY`]
+/// for all instances together.
+fn warn_not_probed(process_id: &str, detail: &str) {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = u64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let last = LAST_MS.load(Ordering::Relaxed);
+    let every = u64::try_from(NOT_PROBED_EVERY.as_millis()).unwrap_or(u64::MAX);
+    if (last == 0 || now.saturating_sub(last) >= every)
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            "{process_id}: health check not made, not counted against the instance, tried again at the next interval: {detail} (such warnings are shown at most once per {NOT_PROBED_EVERY:?})"
+        );
+    }
+}
+
+/// See [`warn_not_probed`].
+const NOT_PROBED_EVERY: Duration = Duration::from_secs(10);
 
 /// Liveness probes fall due on a grid of this fraction of their interval
 /// (at most [`GRID_MAX`]): the probes of many instances then share one
@@ -127,7 +192,8 @@ async fn probe_loop(
                 send(true, String::new());
             }
             Ok(()) => {}
-            Err(detail) => {
+            Err(ProbeFailure::Launcher(detail)) => warn_not_probed(&process_id, &detail),
+            Err(ProbeFailure::Instance(detail)) => {
                 last_ok = false;
                 send(false, detail);
             }
@@ -283,7 +349,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err,
-            format!("GET http://127.0.0.1:{port}/health?x=1 answered 503 Service Unavailable")
+            ProbeFailure::Instance(format!(
+                "GET http://127.0.0.1:{port}/health?x=1 answered 503 Service Unavailable"
+            ))
         );
         h.join().unwrap();
     }
@@ -297,7 +365,10 @@ mod tests {
         let err = probe(&client(), &target(port, Duration::from_secs(5)))
             .await
             .unwrap_err();
-        assert!(err.ends_with("connection refused"), "{err}");
+        assert!(
+            matches!(&err, ProbeFailure::Instance(m) if m.ends_with("connection refused")),
+            "{err:?}"
+        );
 
         // Accepted (by the kernel, through the backlog) but never answered.
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -305,7 +376,10 @@ mod tests {
         let err = probe(&client(), &target(port, Duration::from_millis(200)))
             .await
             .unwrap_err();
-        assert!(err.ends_with("timed out after 200ms"), "{err}");
+        assert!(
+            matches!(&err, ProbeFailure::Instance(m) if m.ends_with("timed out after 200ms")),
+            "{err:?}"
+        );
         drop(l);
     }
 
@@ -316,10 +390,68 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.starts_with(&format!("GET http://127.0.0.1:{port}/health?x=1: ")),
-            "{err}"
+            matches!(&err, ProbeFailure::Instance(m) if m.starts_with(&format!("GET http://127.0.0.1:{port}/health?x=1: "))),
+            "{err:?}"
         );
         h.join().unwrap();
+    }
+
+    /// An error whose source is another error.
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn std::error::Error + Send + Sync>);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn only_the_launchers_own_resource_errors_are_launcher_side() {
+        use nix::libc::{ECONNREFUSED, EMFILE, ENFILE, ENOBUFS, ENOMEM, ETIMEDOUT};
+        let os = |c| std::io::Error::from_raw_os_error(c);
+        for code in [EMFILE, ENFILE, ENOBUFS, ENOMEM] {
+            let deep = Wrapped(Box::new(Wrapped(Box::new(os(code)))));
+            assert_eq!(
+                launcher_side(&deep).and_then(|e| e.raw_os_error()),
+                Some(code)
+            );
+        }
+        for code in [ECONNREFUSED, ETIMEDOUT] {
+            assert!(launcher_side(&Wrapped(Box::new(os(code)))).is_none());
+        }
+        let other = std::io::Error::other("no errno");
+        assert!(launcher_side(&Wrapped(Box::new(other))).is_none());
+    }
+
+    /// A real probe made while the process has no descriptor left (in a
+    /// child process of its own, see [`crate::test_util`]).
+    #[tokio::test]
+    async fn a_probe_the_launcher_cannot_make_is_not_the_instances_failure() {
+        const SEEN: &str = "launcher-side probe failure seen";
+        if !crate::test_util::in_child(
+            "runtime::supervise::tests::a_probe_the_launcher_cannot_make_is_not_the_instances_failure",
+            SEEN,
+        ) {
+            return;
+        }
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let c = client();
+        let held = crate::test_util::exhaust_fds();
+        let err = probe(&c, &target(port, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        drop(held);
+        assert!(
+            matches!(&err, ProbeFailure::Launcher(m) if m.contains("Too many open files")),
+            "{err:?}"
+        );
+        println!("{SEEN}: {err}");
     }
 
     fn sleeper(t: &tempfile::TempDir) -> crate::runtime::spawn::Spawned {

@@ -603,6 +603,8 @@ pub struct Launcher {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     log_path: PathBuf,
+    /// RLIMIT_NOFILE (soft and hard) the launcher starts with.
+    fd_limit: Option<u64>,
 }
 
 impl Launcher {
@@ -611,6 +613,7 @@ impl Launcher {
         args: Vec<String>,
         envs: Vec<(String, String)>,
         log_path: PathBuf,
+        fd_limit: Option<u64>,
     ) -> Launcher {
         let mut l = Launcher {
             child: None,
@@ -618,6 +621,7 @@ impl Launcher {
             args,
             envs,
             log_path,
+            fd_limit,
         };
         l.start();
         l
@@ -641,6 +645,16 @@ impl Launcher {
             .process_group(0);
         for (k, v) in &self.envs {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.fd_limit {
+            use nix::sys::resource::{Resource, setrlimit};
+            // SAFETY: only setrlimit(2), async-signal-safe, runs between
+            // fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(std::io::Error::from)
+                });
+            }
         }
         let child = cmd
             .spawn()
@@ -772,6 +786,7 @@ pub struct TestEnvBuilder {
     default_range_lock: Option<File>,
     ports: u16,
     files: Vec<(PathBuf, String, u32)>,
+    fd_limit: Option<u64>,
 }
 
 impl TestEnvBuilder {
@@ -832,6 +847,13 @@ impl TestEnvBuilder {
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the launcher with this open-file limit (soft and hard), as if
+    /// run under `ulimit -n`.
+    pub fn fd_limit(mut self, n: u64) -> Self {
+        self.fd_limit = Some(n);
         self
     }
 
@@ -953,7 +975,7 @@ impl TestEnvBuilder {
         };
         // Set before the spawn: if the launcher does not come up, Drop still
         // sweeps whatever it started.
-        let launcher = Launcher::spawn(env.ports.grpc_port(), args, envs, log_path);
+        let launcher = Launcher::spawn(env.ports.grpc_port(), args, envs, log_path, self.fd_limit);
         env.launcher = Some(launcher);
         env
     }
@@ -985,6 +1007,7 @@ impl TestEnv {
             default_range_lock: None,
             ports: PORT_BLOCK,
             files: Vec::new(),
+            fd_limit: None,
         }
     }
 
