@@ -158,20 +158,27 @@ fn main() {
 }
 
 /// `TEST_FORK_BOMB=<n>`: starts `n` sleeping children in the pattern's
-/// group, going on past the ones the kernel refuses; says how many started.
+/// group, going on past the ones the kernel refuses, then ends 16 of them
+/// so that the pattern itself can make threads again (its health server
+/// needs them); says how many started.
 fn fork_bomb(n: usize) {
     let Ok(exe) = std::env::current_exe() else {
         fail(1, &format!("{NAME}: cannot find its own executable"));
     };
-    let started = (0..n)
-        .filter(|_| {
+    let mut children: Vec<process::Child> = (0..n)
+        .filter_map(|_| {
             Command::new(&exe)
                 .arg("--child")
                 .stdin(Stdio::null())
                 .spawn()
-                .is_ok()
+                .ok()
         })
-        .count();
+        .collect();
+    let started = children.len();
+    for mut c in children.drain(..started.min(16)) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     log(&format!(
         "{NAME} fork bomb: {started} of {n} children started, {} refused",
         n - started
