@@ -712,30 +712,43 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn backoff_schedule_under_paused_time_spawns_five_times_then_breaks() {
-        // Drive the planner the way the loop does, recording a crash after
-        // every spawn, with tokio's paused clock standing in for time.
+        // Drive the planner the way the loop does, with the transitions the
+        // controller applies: every spawn starts a process that crashes at
+        // once. tokio's paused clock stands in for time.
+        use crate::reconcile::transitions::{self, ExitFacts};
         let mut w = World::new();
         w.want("a");
-        let mut spawns = 0;
+        let mut spawned_at = Vec::new();
         let mut broke = false;
-        for _ in 0..50 {
+        for epoch in 0..50 {
             let now = tokio::time::Instant::now().into_std();
             let p = plan(&w.desired, &w.catalog, &w.observed, now, &w.cfg);
             for a in &p.actions {
                 match a {
                     Action::Spawn { .. } => {
-                        spawns += 1;
-                        let failures = w
-                            .observed
-                            .get(&id("a"))
-                            .map_or(0, |o| o.consecutive_failures);
-                        let o = w.with("a", Phase::Exited);
-                        o.consecutive_failures = failures + 1;
-                        o.exited_at = Some(now);
+                        spawned_at.push(now);
+                        if !w.observed.contains_key(&id("a")) {
+                            w.with("a", Phase::Exited).process = None;
+                        }
+                        let o = w.observed.get_mut(&id("a")).unwrap();
+                        let process = ProcessInfo {
+                            pid: 100 + epoch,
+                            epoch: u64::from(epoch),
+                            started_at: now,
+                            start_time: 0,
+                        };
+                        transitions::spawned(o, process);
+                        let crash = ExitFacts {
+                            how: "exited with status 1".into(),
+                            oom_kills: 0,
+                            pids_refused: 0,
+                            tail: Vec::new(),
+                        };
+                        transitions::exited(o, crash, now, 0.5).unwrap();
                     }
                     Action::BreakCircuit { .. } => {
                         broke = true;
-                        w.observed.get_mut(&id("a")).unwrap().phase = Phase::Failed;
+                        transitions::break_circuit(w.observed.get_mut(&id("a")).unwrap());
                     }
                     other => panic!("unexpected {other:?}"),
                 }
@@ -746,7 +759,18 @@ mod tests {
                 None => {}
             }
         }
-        assert_eq!(spawns, 5);
+        assert_eq!(
+            spawned_at.len(),
+            5,
+            "exactly five starts, then the circuit opens"
+        );
         assert!(broke);
+        let o = w.observed.get(&id("a")).unwrap();
+        assert_eq!((o.phase, o.consecutive_failures), (Phase::Failed, 5));
+        // The first restart is immediate, then 100 ms doubling (no jitter
+        // at 0.5).
+        let gaps: Vec<Duration> = spawned_at.windows(2).map(|w| w[1] - w[0]).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(gaps, vec![ms(0), ms(100), ms(200), ms(400)]);
     }
 }
