@@ -30,9 +30,9 @@ use crate::catalog::Catalog;
 use crate::desired::api_store::ApiStore;
 use crate::desired::files::DesiredDoc;
 use crate::desired::{Declared, DesiredSet, Source};
-use crate::reconcile::observed::{
-    ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest, Stopping,
-};
+use crate::reconcile::observed::{ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest};
+use crate::reconcile::orphans::{CgroupView, OrphanAction, Orphans};
+use crate::reconcile::transitions::{self, ExitFacts, ExitKind, ProbeOutcome, SpawnFault};
 use crate::reconcile::{Action, Observed, PlanConfig, plan};
 use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
@@ -238,7 +238,7 @@ pub struct Controller {
     /// happens once for all the launches a pass takes in.
     unsaved_launches: Vec<UnsavedLaunch>,
     /// Orphaned cgroups sent SIGTERM, and when they get SIGKILL.
-    reaping: Vec<(String, Instant)>,
+    orphans: Orphans,
     next_sweep: Instant,
     /// The desired directory's first scan has been applied.
     synced: bool,
@@ -363,7 +363,7 @@ impl Controller {
             table_dirty: true,
             cgroup_limits: HashMap::new(),
             unsaved_launches: Vec::new(),
-            reaping: Vec::new(),
+            orphans: Orphans::default(),
             next_sweep: started,
             synced: false,
             seq: 0,
@@ -574,24 +574,61 @@ impl Controller {
     }
 
     /// Finds processes in this launcher's cgroups that no instance owns,
-    /// and stops them: SIGTERM now, SIGKILL after the default grace period.
+    /// and stops them: SIGTERM now, SIGKILL after the default grace period
+    /// (the decisions are [`Orphans`]').
     fn sweep_orphans(&mut self, now: Instant) {
         self.report_pids_limits();
-        for id in self.cfg.cgroups.instances() {
-            let owned = self.observed.get(&id).is_some_and(|o| o.process.is_some());
-            if owned || self.reaping.iter().any(|(r, _)| *r == id) {
-                continue;
-            }
-            let pids = self.cfg.cgroups.pids(&id);
-            if pids.is_empty() {
-                if !self.observed.contains_key(&id)
-                    && let Err(e) = self.cfg.cgroups.remove(&id)
-                {
-                    tracing::debug!("cannot remove the cgroup of {id}: {e}");
+        let views: Vec<CgroupView> = self
+            .cfg
+            .cgroups
+            .instances()
+            .into_iter()
+            .map(|id| CgroupView {
+                owned: self.observed.get(&id).is_some_and(|o| o.process.is_some()),
+                observed: self.observed.contains_key(&id),
+                pids: self.cfg.cgroups.pids(&id),
+                process_id: id,
+            })
+            .collect();
+        let actions = self.orphans.sweep(views, self.cfg.plan.default_grace, now);
+        self.orphan_actions(actions);
+    }
+
+    /// Carries out what [`Orphans`] decided.
+    fn orphan_actions(&mut self, actions: Vec<OrphanAction>) {
+        let cgroups = &self.cfg.cgroups;
+        for a in actions {
+            match a {
+                OrphanAction::Terminate { process_id, pids } => {
+                    tracing::warn!(
+                        "orphan processes of {process_id} (pids {pids:?}): no instance owns them; stopping them (grace {:?})",
+                        self.cfg.plan.default_grace
+                    );
+                    for pid in pids {
+                        if let Ok(raw) = i32::try_from(pid)
+                            && raw > 1
+                        {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(raw),
+                                Signal::SIGTERM,
+                            );
+                        }
+                    }
                 }
-                continue;
+                OrphanAction::Kill { process_id } => {
+                    tracing::warn!(
+                        "orphan processes of {process_id} outlived the grace period: SIGKILL"
+                    );
+                    let _ = cgroups.kill_all(&process_id);
+                }
+                OrphanAction::Remove { process_id } => {
+                    if let Err(e) = cgroups.remove(&process_id) {
+                        tracing::debug!("cannot remove the cgroup of {process_id}: {e}");
+                    } else {
+                        tracing::debug!("removed the empty cgroup of {process_id}");
+                    }
+                }
             }
-            self.reap(id, &pids, now);
         }
     }
 
@@ -617,18 +654,10 @@ impl Controller {
     /// Stops the processes of `id`'s cgroup that no instance owns: SIGTERM
     /// now, SIGKILL after the default grace period.
     fn reap(&mut self, id: String, pids: &[u32], now: Instant) {
-        let grace = self.cfg.plan.default_grace;
-        tracing::warn!(
-            "orphan processes of {id} (pids {pids:?}): no instance owns them; stopping them (grace {grace:?})"
-        );
-        for &pid in pids {
-            if let Ok(raw) = i32::try_from(pid)
-                && raw > 1
-            {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), Signal::SIGTERM);
-            }
-        }
-        self.reaping.push((id, now + grace));
+        let action = self
+            .orphans
+            .reap(&id, pids.to_vec(), self.cfg.plan.default_grace, now);
+        self.orphan_actions(vec![action]);
     }
 
     /// Before `id` is started: true while a process of it may still run,
@@ -637,7 +666,7 @@ impl Controller {
     /// our marker is adopted, anything else is stopped as an orphan. The
     /// start waits until they are gone.
     fn still_running(&mut self, id: &str, now: Instant) -> bool {
-        if self.reaping.iter().any(|(r, _)| r == id) {
+        if self.orphans.is_reaping(id) {
             return true;
         }
         if self.observed.contains_key(id) {
@@ -665,23 +694,18 @@ impl Controller {
     fn finish_reaping(&mut self, now: Instant) -> Option<Instant> {
         let cgroups = &self.cfg.cgroups;
         let observed = &self.observed;
-        self.reaping.retain(|(id, deadline)| {
-            // Never kill what an instance owns now.
-            if observed.get(id).is_some_and(|o| o.process.is_some()) {
-                return false;
+        let look = |id: &str| {
+            let owned = observed.get(id).is_some_and(|o| o.process.is_some());
+            (owned, !owned && cgroups.pids(id).is_empty())
+        };
+        let (actions, wake) = self.orphans.progress(look, now);
+        for a in &actions {
+            if let OrphanAction::Remove { process_id } = a {
+                tracing::info!("orphan processes of {process_id} are gone");
             }
-            if cgroups.pids(id).is_empty() {
-                let _ = cgroups.remove(id);
-                tracing::info!("orphan processes of {id} are gone");
-                return false;
-            }
-            if now >= *deadline {
-                tracing::warn!("orphan processes of {id} outlived the grace period: SIGKILL");
-                let _ = cgroups.kill_all(id);
-            }
-            true
-        });
-        self.reaping.iter().map(|(_, d)| *d).min()
+        }
+        self.orphan_actions(actions);
+        wake
     }
 
     fn limits_text(&self, pattern: &crate::spec::manifest::Pattern) -> String {
@@ -1070,14 +1094,11 @@ impl Controller {
 
     /// A circuit-broken instance whose declaration changed starts again.
     fn reopen_circuit(&mut self, id: &str) {
-        if let Some(o) = self.observed.get_mut(id)
-            && o.phase == Phase::Failed
-            && self.desired.get(id).is_some()
+        if self.desired.get(id).is_some()
+            && let Some(o) = self.observed.get_mut(id)
+            && transitions::close_circuit(o)
         {
             tracing::info!("{id}: declaration changed, circuit closed");
-            o.phase = Phase::Exited;
-            o.consecutive_failures = 0;
-            o.restart_now = true;
         }
     }
 
@@ -1255,12 +1276,9 @@ impl Controller {
         let mut failed_starts = 0;
         if let Some(o) = self.observed.get_mut(&id) {
             failed_starts = o.failed_starts;
-            if o.phase == Phase::Failed {
-                // Launching a circuit-broken instance closes the circuit.
+            // Launching a circuit-broken instance closes the circuit.
+            if transitions::close_circuit(o) {
                 tracing::info!("{id}: launched again, circuit closed");
-                o.phase = Phase::Exited;
-                o.consecutive_failures = 0;
-                o.restart_now = true;
                 changed = true;
             }
         }
@@ -1395,28 +1413,16 @@ impl Controller {
                 let Some(o) = Self::current(&mut self.observed, &process_id, epoch) else {
                     return;
                 };
-                match (o.phase, ok) {
-                    (Phase::Starting, true) => {
-                        o.phase = Phase::Running;
-                        o.healthy_since = Some(now);
-                        o.probe_failures = 0;
-                        tracing::info!("{process_id}: healthy");
-                    }
-                    (Phase::Running, true) => {
-                        o.probe_failures = 0;
-                        o.healthy_since = Some(now);
-                    }
-                    (Phase::Running, false) => {
-                        o.probe_failures += 1;
-                        o.healthy_since = None;
-                        tracing::warn!(
-                            "{process_id}: health check failed ({}/{}): {detail}",
-                            o.probe_failures,
-                            o.pattern.health.failure_threshold
-                        );
-                        o.last_error = Some(format!("health check failed: {detail}"));
-                    }
-                    _ => return,
+                match transitions::probed(o, ok, &detail, now) {
+                    ProbeOutcome::Healthy => tracing::info!("{process_id}: healthy"),
+                    ProbeOutcome::StillHealthy => {}
+                    ProbeOutcome::Failed {
+                        failures,
+                        threshold,
+                    } => tracing::warn!(
+                        "{process_id}: health check failed ({failures}/{threshold}): {detail}"
+                    ),
+                    ProbeOutcome::Ignored => return,
                 }
                 self.touch(&process_id);
             }
@@ -1435,22 +1441,18 @@ impl Controller {
         status: Result<std::process::ExitStatus, String>,
         now: Instant,
     ) {
-        let oom_now = self.cfg.cgroups.oom_kills(id);
-        let refused_now = self.cfg.cgroups.pids_refused(id);
-        let cgroups = self.cfg.cgroups.clone();
-        let log = logs::log_path(&self.logs_dir, id);
-        let offset = self.log_offsets.get(id).copied().unwrap_or(0);
-        let Some(o) = Self::current(&mut self.observed, id, epoch) else {
-            return;
-        };
-        let Some(proc_info) = o.process.take() else {
+        let Some(pid) = Self::current(&mut self.observed, id, epoch)
+            .and_then(|o| o.process)
+            .map(|p| p.pid)
+        else {
             return;
         };
         // Whatever the main process left behind goes with it: its process
         // group, and everything in its cgroup (setsid, double fork).
-        if let Err(e) = signal_group(proc_info.pid, Signal::SIGKILL) {
-            tracing::warn!("{id}: cannot kill process group {}: {e}", proc_info.pid);
+        if let Err(e) = signal_group(pid, Signal::SIGKILL) {
+            tracing::warn!("{id}: cannot kill process group {pid}: {e}");
         }
+        let cgroups = &self.cfg.cgroups;
         let left = cgroups.pids(id);
         if !left.is_empty() {
             tracing::info!("{id}: killing what its main process left behind: {left:?}");
@@ -1458,70 +1460,39 @@ impl Controller {
                 tracing::warn!("{id}: cannot kill what is left in its cgroup: {e}");
             }
         }
-        let mut how = match status {
-            Ok(s) => describe_exit(s),
-            Err(e) => e,
+        let offset = self.log_offsets.get(id).copied().unwrap_or(0);
+        let facts = ExitFacts {
+            how: match status {
+                Ok(s) => describe_exit(s),
+                Err(e) => e,
+            },
+            oom_kills: cgroups.oom_kills(id),
+            pids_refused: cgroups.pids_refused(id),
+            tail: logs::tail(
+                &logs::log_path(&self.logs_dir, id),
+                offset,
+                ERROR_TAIL_LINES,
+            ),
         };
-        if refused_now > o.pids_refused_seen {
-            how.push_str(&format!(
-                "; it reached its pids limit of {} ({} forks refused)",
-                o.pattern.resources.pids,
-                refused_now - o.pids_refused_seen
-            ));
-            o.pids_refused_seen = refused_now;
-        }
-        if oom_now > o.oom_kills_before {
-            how = format!(
-                "OOM-killed: the kernel killed it for exceeding its memory limit of {} bytes ({how})",
-                o.pattern.resources.memory_limit.unwrap_or(0)
-            );
-            o.oom_kills_before = oom_now;
-        }
-        let stopping = o.stopping.take();
-        o.healthy_since = None;
-        o.probe_failures = 0;
-        o.exited_at = Some(now);
-        o.restart_jitter = rand::random::<f64>();
-        o.restart_now = false;
-        let was = o.phase;
-        match (was, stopping.map(|s| s.reason)) {
-            (Phase::Terminating, Some(StopReason::NotDesired)) => {
-                tracing::info!("{id}: stopped ({how})");
-                o.phase = Phase::Finished;
-                o.stop_request = None;
-            }
-            (Phase::Terminating, Some(StopReason::SpecChanged)) => {
+        let Some(o) = self.observed.get_mut(id) else {
+            return;
+        };
+        let Some(out) = transitions::exited(o, facts, now, rand::random::<f64>()) else {
+            return;
+        };
+        let how = out.message;
+        match out.kind {
+            ExitKind::Finished => tracing::info!("{id}: stopped ({how})"),
+            ExitKind::Replaced => {
                 tracing::info!("{id}: stopped for a restart with a new spec ({how})");
-                o.phase = Phase::Exited;
-                o.restart_now = true;
             }
-            (Phase::Terminating, Some(reason)) => {
-                tracing::info!("{id}: stopped after a failure ({how})");
-                if reason == StopReason::StartupTimeout {
-                    o.failed_starts += 1;
-                }
-                o.phase = Phase::Exited;
+            ExitKind::StoppedAfterFailure => {
+                tracing::info!("{id}: stopped after a failure ({how})")
             }
-            _ => {
-                let tail = logs::tail(&log, offset, ERROR_TAIL_LINES);
-                let mut msg = how.clone();
-                if !tail.is_empty() {
-                    msg.push_str("; last output: ");
-                    msg.push_str(&tail.join(" | "));
-                }
-                o.consecutive_failures += 1;
-                if was == Phase::Starting {
-                    o.failed_starts += 1;
-                }
-                tracing::warn!(
-                    "{id}: pid {} {} (failure {} in a row)",
-                    proc_info.pid,
-                    msg,
-                    o.consecutive_failures
-                );
-                o.last_error = Some(msg);
-                o.phase = Phase::Exited;
-            }
+            ExitKind::Crashed => tracing::warn!(
+                "{id}: pid {pid} {how} (failure {} in a row)",
+                o.consecutive_failures
+            ),
         }
         self.table_dirty = true;
         self.touch(id);
@@ -1543,9 +1514,7 @@ impl Controller {
             } => self.stop(&process_id, reason, grace, force, now),
             Action::Kill { process_id } => {
                 if let Some(o) = self.observed.get_mut(&process_id) {
-                    if let Some(s) = o.stopping.as_mut() {
-                        s.killed = true;
-                    }
+                    transitions::killed(o);
                     if let Some(p) = o.process {
                         tracing::warn!("{process_id}: sending SIGKILL to pid {}", p.pid);
                         if let Err(e) = signal_group(p.pid, Signal::SIGKILL) {
@@ -1560,20 +1529,14 @@ impl Controller {
             }
             Action::BreakCircuit { process_id } => {
                 if let Some(o) = self.observed.get_mut(&process_id) {
-                    let last = o.last_error.clone().unwrap_or_default();
-                    let msg = format!(
-                        "circuit open after {} consecutive failures; last: {last}",
-                        o.consecutive_failures
-                    );
+                    let msg = transitions::break_circuit(o);
                     tracing::error!("{process_id}: {msg}");
-                    o.last_error = Some(msg);
-                    o.phase = Phase::Failed;
                     self.touch(&process_id);
                 }
             }
             Action::ResetFailures { process_id } => {
                 if let Some(o) = self.observed.get_mut(&process_id) {
-                    o.consecutive_failures = 0;
+                    transitions::reset_failures(o);
                     self.touch(&process_id);
                 }
             }
@@ -1602,25 +1565,6 @@ impl Controller {
         let Some(p) = o.process else {
             return;
         };
-        if reason.is_failure() {
-            o.consecutive_failures += 1;
-            let why = match reason {
-                StopReason::StartupTimeout => format!(
-                    "not healthy within the start-up timeout of {:?}",
-                    o.pattern
-                        .health
-                        .startup_timeout
-                        .unwrap_or(self.cfg.plan.startup_timeout)
-                ),
-                _ => o
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "health check failed".into()),
-            };
-            let msg = format!("{why}; restarting");
-            tracing::warn!("{id}: {msg}");
-            o.last_error = Some(msg);
-        }
         let sig = if force {
             Signal::SIGKILL
         } else {
@@ -1638,17 +1582,10 @@ impl Controller {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
             }
         }
-        o.phase = Phase::Terminating;
-        // Grace periods are capped where they enter; a deadline the clock
-        // cannot represent is no deadline (SIGKILL never comes).
-        let deadline = now
-            .checked_add(grace)
-            .unwrap_or_else(|| now + crate::spec::limits::MAX_GRACE_PERIOD);
-        o.stopping = Some(Stopping {
-            reason,
-            deadline,
-            killed: force,
-        });
+        let startup = self.cfg.plan.startup_timeout;
+        if let Some(why) = transitions::stop_began(o, reason, grace, force, startup, now) {
+            tracing::warn!("{id}: {why}");
+        }
         self.touch(id);
     }
 
@@ -1714,18 +1651,11 @@ impl Controller {
         let Some(o) = self.observed.get_mut(id) else {
             return;
         };
-        if reset_breaker {
-            o.consecutive_failures = 0;
-        }
-        if o.exited_at.is_some() {
-            o.restart_count += 1;
+        if reset_breaker && transitions::close_circuit(o) {
+            tracing::info!("{id}: declaration changed, circuit closed");
         }
         o.spec = spec;
         o.pattern = pattern.clone();
-        o.restart_now = false;
-        o.stopping = None;
-        o.probe_failures = 0;
-        o.healthy_since = None;
         o.oom_kills_before = oom_before;
         if !known {
             o.pids_refused_seen = cgroups.pids_refused(id);
@@ -1756,20 +1686,19 @@ impl Controller {
                     }
                 }
                 o.limits = limits_text;
-                o.launcher_failures = 0;
                 spawned = true;
                 tracing::info!(
                     "{id}: started pid {pid} (grpc port {}, health port {})",
                     o.ports.grpc,
                     o.ports.health
                 );
-                o.phase = Phase::Starting;
-                o.process = Some(ProcessInfo {
+                let process = ProcessInfo {
                     pid,
                     epoch,
                     started_at: now,
                     start_time: table::start_time(pid).unwrap_or(0),
-                });
+                };
+                transitions::spawned(o, process);
                 let pid_key: Arc<str> = Arc::from(id);
                 self.log_offsets.insert(id.to_string(), offset);
                 self.echo.track(log, pid_key.clone());
@@ -1786,23 +1715,15 @@ impl Controller {
                 // The launcher's own trouble (its state directory, its
                 // descriptors) is not the instance's failure: retried with
                 // backoff, never counted towards the circuit breaker.
-                let msg = format!("the launcher cannot start it: {e}");
-                tracing::warn!("{id}: {msg}");
-                o.launcher_failures += 1;
-                o.last_error = Some(msg);
-                o.phase = Phase::Exited;
-                o.exited_at = Some(now);
-                o.restart_jitter = rand::random::<f64>();
+                tracing::warn!("{id}: the launcher cannot start it: {e}");
+                let jitter = rand::random::<f64>();
+                transitions::spawn_failed(o, e.to_string(), SpawnFault::Launcher, now, jitter);
                 launcher_problem = Some(format!("cannot start instances: {e}"));
             }
             Err(e) => {
                 tracing::error!("{id}: {e}");
-                o.consecutive_failures += 1;
-                o.failed_starts += 1;
-                o.last_error = Some(e.to_string());
-                o.phase = Phase::Exited;
-                o.exited_at = Some(now);
-                o.restart_jitter = rand::random::<f64>();
+                let jitter = rand::random::<f64>();
+                transitions::spawn_failed(o, e.to_string(), SpawnFault::Pattern, now, jitter);
             }
         }
         if spawned || launcher_problem.is_some() {
