@@ -338,20 +338,22 @@ impl Launcher {
             .await
             .map_err(|source| LaunchError::Listen { addr, source })?;
 
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let rt = runtime::linux::LinuxRuntime::new(&self.state_dir, cgroups, launcher_id, events_tx)
+            .map_err(runtime::controller::SetupError::from)?;
         let (controller, handle) = Controller::new(
             ControllerConfig {
                 patterns_dir: self.patterns_dir.clone(),
-                state_dir: self.state_dir.clone(),
                 port_range: self.port_range.clone(),
                 plan: self.plan,
-                cgroups,
                 orphan_sweep: self.orphan_sweep,
                 keep_instances_on_exit: self.keep_instances_on_exit,
-                launcher_id,
             },
             catalog,
             errors.iter().map(ToString::to_string).collect(),
             watchers,
+            rt,
+            events,
         )?;
         let loop_task = tokio::spawn(controller.run());
 

@@ -18,46 +18,32 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::cgroup::{Cgroups, Limits};
+use super::cgroup::Limits;
 use super::discover;
-use super::logs::{self, LogEcho};
+use super::linux::LinuxRuntime;
 use super::ports::PortAllocator;
 use super::snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
-use super::spawn::{self, check_executable, describe_exit, signal_group};
-use super::supervise::{Exit, ProbeTarget, ProcEvent, supervise};
-use super::table::{self, Entry, ProcessTable};
+use super::spawn::describe_exit;
+use super::supervise::ProcEvent;
+use super::table::Entry;
+use super::{Runtime, StartRequest};
 use crate::catalog::Catalog;
-use crate::desired::api_store::ApiStore;
 use crate::desired::files::DesiredDoc;
 use crate::desired::{Declared, DesiredSet, Source};
 use crate::reconcile::observed::{ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest};
 use crate::reconcile::orphans::{CgroupView, OrphanAction, Orphans};
-use crate::reconcile::transitions::{self, ExitFacts, ExitKind, ProbeOutcome, SpawnFault};
+use crate::reconcile::transitions::{self, ExitKind, ProbeOutcome, SpawnFault};
 use crate::reconcile::{Action, Observed, PlanConfig, plan};
 use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 use crate::watch::FileEvent;
 
-/// Lines of output quoted in an error.
-const ERROR_TAIL_LINES: usize = 5;
 /// The loop runs at least this often, whatever happens.
 const RESYNC: Duration = Duration::from_secs(1);
 /// Most commands or events applied before planning again.
 const BATCH: usize = 1024;
 /// Longest wait for the desired directory's first scan at start-up.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where and how an instance of `pattern` on `ports` is probed.
-fn probe_target(
-    pattern: &crate::spec::manifest::Pattern,
-    ports: crate::reconcile::observed::Ports,
-) -> ProbeTarget {
-    ProbeTarget {
-        url: format!("http://127.0.0.1:{}{}", ports.health, pattern.health.path),
-        interval: pattern.health.interval,
-        timeout: pattern.health.timeout,
-    }
-}
 
 /// A LaunchPattern as the controller receives it.
 #[derive(Debug, Clone)]
@@ -150,21 +136,14 @@ pub enum Command {
 pub struct ControllerConfig {
     /// `--patterns-dir`.
     pub patterns_dir: PathBuf,
-    /// `--state-dir`.
-    pub state_dir: PathBuf,
     /// `--port-range`.
     pub port_range: std::ops::RangeInclusive<u16>,
     /// Lifecycle tunables.
     pub plan: PlanConfig,
-    /// The containment backend.
-    pub cgroups: Cgroups,
     /// How often processes nobody owns are looked for.
     pub orphan_sweep: Duration,
     /// Leave instances running on shutdown, for the next launcher.
     pub keep_instances_on_exit: bool,
-    /// The name of this launcher's parent cgroup, also in the marker of
-    /// its children's environment.
-    pub launcher_id: String,
 }
 
 /// Handles to talk to a running controller.
@@ -198,8 +177,10 @@ pub struct Watchers {
     pub patterns: mpsc::UnboundedReceiver<()>,
 }
 
-/// The reconcile loop and everything it owns.
-pub struct Controller {
+/// The reconcile loop and everything it owns; `R` does what touches the
+/// operating system.
+pub struct Controller<R: Runtime = LinuxRuntime> {
+    rt: R,
     watchers: Watchers,
     /// The last content reported of each desired file.
     files: BTreeMap<String, Result<Vec<DesiredDoc>, YamlError>>,
@@ -212,14 +193,9 @@ pub struct Controller {
     cfg: ControllerConfig,
     catalog: Catalog,
     desired: DesiredSet,
-    api_store: ApiStore,
     observed: Observed,
     ports: PortAllocator,
-    logs_dir: PathBuf,
-    echo: LogEcho,
-    client: reqwest::Client,
     commands: mpsc::Receiver<Command>,
-    events_tx: mpsc::UnboundedSender<ProcEvent>,
     events: mpsc::UnboundedReceiver<ProcEvent>,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     statuses: BTreeMap<String, Arc<InstanceStatus>>,
@@ -229,7 +205,6 @@ pub struct Controller {
     started: Instant,
     next_epoch: u64,
     shutting_down: bool,
-    table: ProcessTable,
     table_dirty: bool,
     /// The limits last written into each observed instance's cgroup: a
     /// restart with the same limits leaves the cgroup as it is.
@@ -257,44 +232,31 @@ pub struct Controller {
 /// A controller could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// The state directory cannot be created.
-    #[error("cannot create {path}: {source}")]
-    StateDir {
-        /// The directory.
-        path: PathBuf,
-        /// OS error.
-        source: std::io::Error,
-    },
+    /// The runtime could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] super::linux::LinuxSetupError),
     /// The persisted API declarations cannot be read.
     #[error("cannot load API declarations: {0}")]
-    Store(crate::desired::api_store::StoreError),
-    /// The HTTP client for probes cannot be built.
-    #[error("cannot build the probe client: {0}")]
-    Client(String),
+    Store(crate::state_file::StateFileError),
 }
 
-impl Controller {
-    /// Sets up a controller with a catalog; loads the API declarations.
+impl<R: Runtime> Controller<R> {
+    /// Sets up a controller with a catalog and a runtime that reports on
+    /// `events`; loads the API declarations.
+    ///
+    /// # Errors
+    ///
+    /// The stored API declarations cannot be read.
     pub fn new(
         cfg: ControllerConfig,
         catalog: Catalog,
         catalog_errors: Vec<String>,
         watchers: Watchers,
-    ) -> Result<(Controller, ControllerHandle), SetupError> {
-        let logs_dir = cfg.state_dir.join("logs");
-        std::fs::create_dir_all(&logs_dir).map_err(|source| SetupError::StateDir {
-            path: logs_dir.clone(),
-            source,
-        })?;
-        // inotify reports absolute paths: follow the logs by theirs, or a
-        // relative --state-dir (the default) would match no event.
-        let logs_dir = std::fs::canonicalize(&logs_dir).map_err(|source| SetupError::StateDir {
-            path: logs_dir.clone(),
-            source,
-        })?;
-        let api_store = ApiStore::new(&cfg.state_dir);
+        mut rt: R,
+        events: mpsc::UnboundedReceiver<ProcEvent>,
+    ) -> Result<(Controller<R>, ControllerHandle), SetupError> {
         let mut desired = DesiredSet::default();
-        for spec in api_store.load().map_err(SetupError::Store)? {
+        for spec in rt.load_api().map_err(SetupError::Store)? {
             let id = spec.key.process_id();
             if let Err(e) = spec.revalidate() {
                 tracing::warn!("ignoring stored declaration of {id}: {e}");
@@ -307,16 +269,10 @@ impl Controller {
         if !desired.is_empty() {
             tracing::info!("restored {} API-declared instances", desired.len());
         }
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| SetupError::Client(e.to_string()))?;
         let (cmd_tx, commands) = mpsc::channel(4096);
-        let (events_tx, events) = mpsc::unbounded_channel();
         let (snapshot_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
         let heartbeat = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
+        let started = rt.now();
         let handle = ControllerHandle {
             commands: cmd_tx,
             snapshots,
@@ -324,15 +280,10 @@ impl Controller {
             started,
             plan: cfg.plan,
         };
-        let echo = LogEcho::start(&logs_dir);
-        let ports = PortAllocator::new(cfg.port_range.clone(), super::ports::os_bindable);
-        let table = ProcessTable::new(&cfg.state_dir);
-        // Only a hint: adoption goes by what runs (see `adopt_running`).
-        let recorded = table.load().unwrap_or_else(|e| {
-            tracing::warn!("cannot read the process table, adopting from the kernel alone: {e}");
-            Vec::new()
-        });
+        let ports = PortAllocator::new(cfg.port_range.clone(), rt.port_check());
+        let recorded = rt.load_table();
         let c = Controller {
+            rt,
             watchers,
             files: BTreeMap::new(),
             file_errors: BTreeMap::new(),
@@ -342,14 +293,9 @@ impl Controller {
             cfg,
             catalog,
             desired,
-            api_store,
             observed: Observed::new(),
             ports,
-            logs_dir,
-            echo,
-            client,
             commands,
-            events_tx,
             events,
             snapshot_tx,
             statuses: BTreeMap::new(),
@@ -359,7 +305,6 @@ impl Controller {
             started,
             next_epoch: 1,
             shutting_down: false,
-            table,
             table_dirty: true,
             cgroup_limits: HashMap::new(),
             unsaved_launches: Vec::new(),
@@ -387,8 +332,8 @@ impl Controller {
     /// gracefully (the planner's decisions).
     fn adopt_running(&mut self) {
         let recorded = std::mem::take(&mut self.recorded);
-        let began = Instant::now();
-        let running = discover::running(&self.cfg.cgroups, &self.cfg.launcher_id);
+        let began = std::time::Instant::now();
+        let running = self.rt.discover();
         let found = running.len();
         let mut hints: HashMap<String, Entry> = HashMap::with_capacity(recorded.len());
         for e in recorded {
@@ -427,14 +372,6 @@ impl Controller {
         if self.observed.contains_key(&id) {
             return false;
         }
-        let fd = match table::pidfd_open(f.pid) {
-            Ok(fd) if table::is_same_process(f.pid, f.start_time) => fd,
-            Ok(_) => return false,
-            Err(err) => {
-                tracing::warn!("{id}: cannot watch pid {}: {err}; not adopted", f.pid);
-                return false;
-            }
-        };
         let declared = self.desired.get(&id).map(|d| d.spec().clone());
         let key = [
             declared.as_ref().map(|s| &s.key),
@@ -503,17 +440,29 @@ impl Controller {
         };
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        let req = StartRequest {
+            process_id: &id,
+            spec: &spec,
+            pattern: &pattern,
+            ports,
+            epoch,
+        };
+        if let Err(e) = self.rt.adopt(&f, req) {
+            tracing::warn!("{id}: {e}; not adopted");
+            self.ports.release(ports);
+            return false;
+        }
         let mut o = ObservedInstance::new(spec, pattern.clone(), ports);
         o.phase = Phase::Starting;
         o.restart_now = false;
         o.process = Some(ProcessInfo {
             pid: f.pid,
             epoch,
-            started_at: Instant::now(),
+            started_at: self.rt.now(),
             start_time: f.start_time,
         });
-        o.oom_kills_before = self.cfg.cgroups.oom_kills(&id);
-        o.limits = self.limits_text(&pattern);
+        o.oom_kills_before = self.rt.oom_kills(&id);
+        o.limits = self.rt.limits_text(&pattern);
         if restart {
             tracing::info!(
                 "{id}: adopted pid {} from an earlier launcher; it was started with another declaration: restarting it",
@@ -522,18 +471,7 @@ impl Controller {
         } else {
             tracing::info!("{id}: adopted pid {} from an earlier launcher", f.pid);
         }
-        let pid_key: Arc<str> = Arc::from(id.as_str());
-        let log = logs::log_path(&self.logs_dir, &id);
-        self.log_offsets.insert(id.clone(), logs::log_len(&log));
-        self.echo.track(log, pid_key.clone());
-        tokio::spawn(supervise(
-            Exit::Adopted(fd),
-            pid_key,
-            epoch,
-            probe_target(&pattern, ports),
-            self.client.clone(),
-            self.events_tx.clone(),
-        ));
+        self.log_offsets.insert(id.clone(), self.rt.log_len(&id));
         self.touch(&id);
         self.observed.insert(id, o);
         self.table_dirty = true;
@@ -555,13 +493,13 @@ impl Controller {
                     spec: o.spec.clone(),
                     pid: p.pid,
                     start_time: p.start_time,
-                    cgroups: self.cfg.cgroups.dirs(id),
+                    cgroups: self.rt.cgroup_dirs(id),
                     grpc_port: o.ports.grpc,
                     health_port: o.ports.health,
                 })
             })
             .collect();
-        match self.table.save(&entries) {
+        match self.rt.save_table(&entries) {
             Ok(()) => self.problem("table", None),
             Err(e) => {
                 self.problem(
@@ -579,14 +517,13 @@ impl Controller {
     fn sweep_orphans(&mut self, now: Instant) {
         self.report_pids_limits();
         let views: Vec<CgroupView> = self
-            .cfg
-            .cgroups
-            .instances()
+            .rt
+            .cgroup_instances()
             .into_iter()
             .map(|id| CgroupView {
                 owned: self.observed.get(&id).is_some_and(|o| o.process.is_some()),
                 observed: self.observed.contains_key(&id),
-                pids: self.cfg.cgroups.pids(&id),
+                pids: self.rt.cgroup_pids(&id),
                 process_id: id,
             })
             .collect();
@@ -596,7 +533,6 @@ impl Controller {
 
     /// Carries out what [`Orphans`] decided.
     fn orphan_actions(&mut self, actions: Vec<OrphanAction>) {
-        let cgroups = &self.cfg.cgroups;
         for a in actions {
             match a {
                 OrphanAction::Terminate { process_id, pids } => {
@@ -604,25 +540,16 @@ impl Controller {
                         "orphan processes of {process_id} (pids {pids:?}): no instance owns them; stopping them (grace {:?})",
                         self.cfg.plan.default_grace
                     );
-                    for pid in pids {
-                        if let Ok(raw) = i32::try_from(pid)
-                            && raw > 1
-                        {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(raw),
-                                Signal::SIGTERM,
-                            );
-                        }
-                    }
+                    self.rt.signal_pids(&pids, Signal::SIGTERM);
                 }
                 OrphanAction::Kill { process_id } => {
                     tracing::warn!(
                         "orphan processes of {process_id} outlived the grace period: SIGKILL"
                     );
-                    let _ = cgroups.kill_all(&process_id);
+                    self.rt.kill_cgroup(&process_id);
                 }
                 OrphanAction::Remove { process_id } => {
-                    if let Err(e) = cgroups.remove(&process_id) {
+                    if let Err(e) = self.rt.remove_cgroup(&process_id) {
                         tracing::debug!("cannot remove the cgroup of {process_id}: {e}");
                     } else {
                         tracing::debug!("removed the empty cgroup of {process_id}");
@@ -639,7 +566,7 @@ impl Controller {
             if o.process.is_none() {
                 continue;
             }
-            let refused = self.cfg.cgroups.pids_refused(id);
+            let refused = self.rt.pids_refused(id);
             if refused > o.pids_refused_seen {
                 tracing::warn!(
                     "{id}: reached its pids limit of {}: {} forks refused since the last report",
@@ -672,17 +599,11 @@ impl Controller {
         if self.observed.contains_key(id) {
             return false;
         }
-        let pids: Vec<u32> = self
-            .cfg
-            .cgroups
-            .pids(id)
-            .into_iter()
-            .filter(|p| table::start_time(*p).is_some())
-            .collect();
+        let pids = self.rt.cgroup_pids(id);
         if pids.is_empty() {
             return false;
         }
-        if let Some(f) = discover::in_cgroup(&self.cfg.cgroups, id, &self.cfg.launcher_id)
+        if let Some(f) = self.rt.found_in_cgroup(id)
             && self.adopt_one(f, None)
         {
             return true;
@@ -692,11 +613,11 @@ impl Controller {
     }
 
     fn finish_reaping(&mut self, now: Instant) -> Option<Instant> {
-        let cgroups = &self.cfg.cgroups;
+        let rt = &self.rt;
         let observed = &self.observed;
         let look = |id: &str| {
             let owned = observed.get(id).is_some_and(|o| o.process.is_some());
-            (owned, !owned && cgroups.pids(id).is_empty())
+            (owned, !owned && rt.cgroup_pids(id).is_empty())
         };
         let (actions, wake) = self.orphans.progress(look, now);
         for a in &actions {
@@ -708,39 +629,6 @@ impl Controller {
         wake
     }
 
-    fn limits_text(&self, pattern: &crate::spec::manifest::Pattern) -> String {
-        let r = &pattern.resources;
-        let mut parts = Vec::new();
-        if let Some(m) = r.memory_limit {
-            parts.push(format!("memory {m} bytes"));
-        }
-        if let Some(c) = r.cpu_limit {
-            parts.push(format!("cpu {c} cores"));
-        }
-        let cgroups = &self.cfg.cgroups;
-        if !cgroups.enforced() {
-            parts.push(format!("pids {}", r.pids));
-            return format!(
-                "NOT ENFORCED ({}): {}",
-                parts.join(", "),
-                cgroups.describe()
-            );
-        }
-        let mut text = format!("{} by {}", parts.join(", "), cgroups.describe());
-        if parts.is_empty() {
-            text = format!("no memory or cpu limit; {}", cgroups.describe());
-        }
-        if cgroups.limits_pids() {
-            text.push_str(&format!("; pids {}", r.pids));
-        } else {
-            text.push_str(&format!(
-                "; pids {} NOT ENFORCED: no pids controller",
-                r.pids
-            ));
-        }
-        text
-    }
-
     /// Runs the loop until a [`Command::Shutdown`] has stopped every
     /// instance (or every command sender is gone).
     pub async fn run(mut self) {
@@ -749,9 +637,10 @@ impl Controller {
         self.wait_for_sync().await;
         self.adopt_running();
         loop {
-            let now = Instant::now();
+            let now = self.rt.now();
             self.heartbeat.store(
-                u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                u64::try_from(now.saturating_duration_since(self.started).as_millis())
+                    .unwrap_or(u64::MAX),
                 Ordering::Relaxed,
             );
             let desired = if self.shutting_down {
@@ -783,7 +672,7 @@ impl Controller {
             self.save_table();
             self.publish();
             if self.shutting_down && self.observed.is_empty() {
-                self.cfg.cgroups.remove_parents();
+                self.rt.shutdown();
                 return;
             }
             // Actions change the state: plan again at once, but never spin.
@@ -1229,7 +1118,8 @@ impl Controller {
         let grace = crate::spec::grace_from_secs(p.grace_period_secs).map_err(invalid)?;
         let spec = InstanceSpec::new(key, p.config, grace).map_err(invalid)?;
         pattern.check_config(&spec.config).map_err(invalid)?;
-        check_executable(&pattern.executable)
+        self.rt
+            .check_executable(&pattern.executable)
             .map_err(|e| CommandError::FailedPrecondition(format!("cannot execute {e}")))?;
         let id = spec.key.process_id();
         let previous = self
@@ -1380,10 +1270,9 @@ impl Controller {
         }
     }
 
-    fn persist_api(&self) -> Result<(), String> {
-        self.api_store
-            .save(&self.desired.declared_by(&Source::Api))
-            .map_err(|e| {
+    fn persist_api(&mut self) -> Result<(), String> {
+        let specs = self.desired.declared_by(&Source::Api);
+        self.rt.save_api(&specs).map_err(|e| {
                 tracing::error!("cannot persist API declarations: {e}");
                 format!("cannot persist the declaration: {e}")
             })
@@ -1402,7 +1291,7 @@ impl Controller {
     }
 
     fn event(&mut self, ev: ProcEvent) {
-        let now = Instant::now();
+        let now = self.rt.now();
         match ev {
             ProcEvent::Probe {
                 process_id,
@@ -1447,33 +1336,12 @@ impl Controller {
         else {
             return;
         };
-        // Whatever the main process left behind goes with it: its process
-        // group, and everything in its cgroup (setsid, double fork).
-        if let Err(e) = signal_group(pid, Signal::SIGKILL) {
-            tracing::warn!("{id}: cannot kill process group {pid}: {e}");
-        }
-        let cgroups = &self.cfg.cgroups;
-        let left = cgroups.pids(id);
-        if !left.is_empty() {
-            tracing::info!("{id}: killing what its main process left behind: {left:?}");
-            if let Err(e) = cgroups.kill_all(id) {
-                tracing::warn!("{id}: cannot kill what is left in its cgroup: {e}");
-            }
-        }
         let offset = self.log_offsets.get(id).copied().unwrap_or(0);
-        let facts = ExitFacts {
-            how: match status {
-                Ok(s) => describe_exit(s),
-                Err(e) => e,
-            },
-            oom_kills: cgroups.oom_kills(id),
-            pids_refused: cgroups.pids_refused(id),
-            tail: logs::tail(
-                &logs::log_path(&self.logs_dir, id),
-                offset,
-                ERROR_TAIL_LINES,
-            ),
+        let how = match status {
+            Ok(s) => describe_exit(s),
+            Err(e) => e,
         };
+        let facts = self.rt.ended(id, pid, how, offset);
         let Some(o) = self.observed.get_mut(id) else {
             return;
         };
@@ -1517,12 +1385,7 @@ impl Controller {
                     transitions::killed(o);
                     if let Some(p) = o.process {
                         tracing::warn!("{process_id}: sending SIGKILL to pid {}", p.pid);
-                        if let Err(e) = signal_group(p.pid, Signal::SIGKILL) {
-                            tracing::error!("{process_id}: SIGKILL failed: {e}");
-                        }
-                        if let Err(e) = self.cfg.cgroups.kill_all(&process_id) {
-                            tracing::error!("{process_id}: cgroup kill failed: {e}");
-                        }
+                        self.rt.kill(&process_id, p.pid);
                     }
                     self.touch(&process_id);
                 }
@@ -1545,12 +1408,8 @@ impl Controller {
                     self.ports.release(o.ports);
                     self.ports_exhausted_logged = false;
                     self.cgroup_limits.remove(&process_id);
-                    if let Err(e) = self.cfg.cgroups.remove(&process_id) {
-                        tracing::warn!("{process_id}: cannot remove its cgroup: {e}");
-                    }
+                    self.rt.forget(&process_id);
                     self.table_dirty = true;
-                    self.echo
-                        .untrack(logs::log_path(&self.logs_dir, &process_id));
                     self.log_offsets.remove(&process_id);
                     self.touch(&process_id);
                 }
@@ -1571,17 +1430,7 @@ impl Controller {
             Signal::SIGTERM
         };
         tracing::info!("{id}: stopping pid {} with {sig} (grace {grace:?})", p.pid);
-        if let Err(e) = signal_group(p.pid, sig) {
-            tracing::error!("{id}: cannot signal process group {}: {e}", p.pid);
-        }
-        // Processes that left the group (setsid) are still in the cgroup.
-        for pid in self.cfg.cgroups.pids(id) {
-            if let Ok(raw) = i32::try_from(pid)
-                && raw > 1
-            {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
-            }
-        }
+        self.rt.signal(id, p.pid, sig);
         let startup = self.cfg.plan.startup_timeout;
         if let Some(why) = transitions::stop_began(o, reason, grace, force, startup, now) {
             tracing::warn!("{id}: {why}");
@@ -1616,8 +1465,7 @@ impl Controller {
                 ObservedInstance::new(spec.clone(), pattern.clone(), ports),
             );
         }
-        let log = logs::log_path(&self.logs_dir, id);
-        let offset = logs::log_len(&log);
+        let offset = self.rt.log_len(id);
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         let limits = Limits {
@@ -1625,29 +1473,25 @@ impl Controller {
             memory: pattern.resources.memory_limit,
             pids: Some(pattern.resources.pids),
         };
-        let mut limits_text = self.limits_text(&pattern);
+        let mut limits_text = self.rt.limits_text(&pattern);
         let known = self.cgroup_limits.get(id) == Some(&limits);
         let oom_before = match self.observed.get(id) {
             // A restart: the cgroup is as this launcher left it, and its
             // OOM-kill count was read when the last process exited.
             Some(o) if known => o.oom_kills_before,
-            _ => match self.cfg.cgroups.create(id, limits) {
+            _ => match self.rt.prepare_cgroup(id, limits) {
                 Ok(new) => {
                     self.cgroup_limits.insert(id.to_string(), limits);
-                    if new {
-                        0
-                    } else {
-                        self.cfg.cgroups.oom_kills(id)
-                    }
+                    if new { 0 } else { self.rt.oom_kills(id) }
                 }
                 Err(e) => {
                     tracing::error!("{id}: cannot set up its cgroup: {e}");
                     limits_text = format!("NOT ENFORCED: cannot set up the cgroup: {e}");
-                    self.cfg.cgroups.oom_kills(id)
+                    self.rt.oom_kills(id)
                 }
             },
         };
-        let cgroups = self.cfg.cgroups.clone();
+        let refused = (!known).then(|| self.rt.pids_refused(id));
         let Some(o) = self.observed.get_mut(id) else {
             return;
         };
@@ -1657,35 +1501,26 @@ impl Controller {
         o.spec = spec;
         o.pattern = pattern.clone();
         o.oom_kills_before = oom_before;
-        if !known {
-            o.pids_refused_seen = cgroups.pids_refused(id);
+        if let Some(refused) = refused {
+            o.pids_refused_seen = refused;
         }
-        let procs = cgroups.procs_files(id);
         let mut spawned = false;
         let mut launcher_problem = None;
-        match spawn::spawn(
-            id,
-            &o.spec,
-            &pattern,
-            o.ports,
-            &log,
-            &procs,
-            &self.cfg.launcher_id,
-        ) {
+        let req = StartRequest {
+            process_id: id,
+            spec: &o.spec,
+            pattern: &pattern,
+            ports: o.ports,
+            epoch,
+        };
+        match self.rt.start(req) {
             Ok(child) => {
                 let pid = child.pid;
-                // The child joined its cgroups before exec; when one of its
-                // writes failed, move it from here (which says why).
                 if !child.joined_cgroups {
                     // Set the cgroup up again at the next start.
                     self.cgroup_limits.remove(id);
-                    if let Err(e) = cgroups.add(id, pid) {
-                        tracing::error!("{id}: cannot move pid {pid} into its cgroup: {e}");
-                        limits_text =
-                            format!("NOT ENFORCED: cannot move the process into its cgroup: {e}");
-                    }
                 }
-                o.limits = limits_text;
+                o.limits = child.not_enforced.unwrap_or(limits_text);
                 spawned = true;
                 tracing::info!(
                     "{id}: started pid {pid} (grpc port {}, health port {})",
@@ -1696,20 +1531,10 @@ impl Controller {
                     pid,
                     epoch,
                     started_at: now,
-                    start_time: table::start_time(pid).unwrap_or(0),
+                    start_time: child.start_time,
                 };
                 transitions::spawned(o, process);
-                let pid_key: Arc<str> = Arc::from(id);
                 self.log_offsets.insert(id.to_string(), offset);
-                self.echo.track(log, pid_key.clone());
-                tokio::spawn(supervise(
-                    Exit::Child(child.pidfd),
-                    pid_key,
-                    epoch,
-                    probe_target(&pattern, o.ports),
-                    self.client.clone(),
-                    self.events_tx.clone(),
-                ));
             }
             Err(e) if e.is_launcher_side() => {
                 // The launcher's own trouble (its state directory, its

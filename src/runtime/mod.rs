@@ -1,12 +1,193 @@
-//! Everything that touches processes: spawning, signals, ports, probes,
-//! logs, and the controller that owns the observed table.
+//! Everything that touches the operating system, behind one seam: the
+//! [`Runtime`] trait says what the controller may ask of processes,
+//! cgroups, logs and state files; [`linux::LinuxRuntime`] does it on this
+//! machine, and the controller's tests use a fake that only records.
+//!
+//! The modules below are the Linux implementation's parts: spawning and
+//! signals, supervisors (exit and probes), cgroups, ports, logs, the
+//! process table, and discovery of running instances.
 
 pub mod cgroup;
 pub mod controller;
 pub mod discover;
+pub mod linux;
 pub mod logs;
 pub mod ports;
 pub mod snapshot;
 pub mod spawn;
 pub mod supervise;
 pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+
+use crate::reconcile::observed::Ports;
+use crate::reconcile::transitions::ExitFacts;
+use crate::spec::InstanceSpec;
+use crate::spec::manifest::Pattern;
+use crate::state_file::StateFileError;
+
+pub use cgroup::{CgroupError, Limits};
+pub use discover::Found;
+pub use spawn::SpawnError;
+pub use table::Entry;
+
+/// What the controller asks to start.
+#[derive(Debug, Clone, Copy)]
+pub struct StartRequest<'a> {
+    /// The instance.
+    pub process_id: &'a str,
+    /// Its declaration.
+    pub spec: &'a InstanceSpec,
+    /// Its pattern.
+    pub pattern: &'a Pattern,
+    /// Its ports.
+    pub ports: Ports,
+    /// Which start of the instance this is: events about the process
+    /// carry it, so that late news of an earlier process is recognised.
+    pub epoch: u64,
+}
+
+/// A started (and supervised) process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// Its pid (also its process group).
+    pub pid: u32,
+    /// Its start time, which with the pid identifies it.
+    pub start_time: u64,
+    /// It joined its cgroup before it ran (else it was moved after, or not
+    /// at all: its cgroup is set up again at the next start).
+    pub joined_cgroups: bool,
+    /// Why its limits are not enforced, when they are not.
+    pub not_enforced: Option<String>,
+}
+
+/// The operating system as the controller sees it. Every call is quick
+/// and never blocks on a process: exits and probe results arrive later as
+/// [`supervise::ProcEvent`]s on the channel the runtime was built with.
+pub trait Runtime: Send + 'static {
+    /// Now, on the clock the controller plans with (tokio's, so that tests
+    /// can pause it).
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    /// Whether a port can be bound now (for the port allocator).
+    fn port_check(&self) -> fn(u16) -> bool;
+
+    /// Checks that a pattern's executable can be run, naming the path.
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot.
+    fn check_executable(&self, path: &Path) -> Result<(), String>;
+
+    /// Creates the instance's cgroup with these limits; true when it is
+    /// new (and so has seen no OOM kill yet).
+    ///
+    /// # Errors
+    ///
+    /// The cgroup file that could not be written.
+    fn prepare_cgroup(&mut self, process_id: &str, limits: Limits) -> Result<bool, CgroupError>;
+
+    /// Starts and supervises a process.
+    ///
+    /// # Errors
+    ///
+    /// Why it could not start (whose fault: [`SpawnError::is_launcher_side`]).
+    fn start(&mut self, req: StartRequest<'_>) -> Result<Started, SpawnError>;
+
+    /// Takes over a process an earlier launcher started, and supervises it.
+    ///
+    /// # Errors
+    ///
+    /// Why it cannot be watched.
+    fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), String>;
+
+    /// Sends `sig` to the process group of `pid` and to every process of the
+    /// instance's cgroup (those that left the group too).
+    fn signal(&mut self, process_id: &str, pid: u32, sig: Signal);
+
+    /// SIGKILLs everything of the instance: its group and its cgroup.
+    fn kill(&mut self, process_id: &str, pid: u32);
+
+    /// What is known of the instance's process that ended (`how` it
+    /// ended); whatever it left behind is killed. `log_offset` is where its
+    /// output began in the log.
+    fn ended(&mut self, process_id: &str, pid: u32, how: String, log_offset: u64) -> ExitFacts;
+
+    /// The instance is gone for good: its cgroup is removed and its log no
+    /// longer followed.
+    fn forget(&mut self, process_id: &str);
+
+    /// The size of the instance's log now (where a new process's output
+    /// will begin).
+    fn log_len(&self, process_id: &str) -> u64;
+
+    /// How the pattern's limits are enforced, for status.
+    fn limits_text(&self, pattern: &Pattern) -> String;
+
+    /// OOM kills in the instance's cgroup so far.
+    fn oom_kills(&self, process_id: &str) -> u64;
+
+    /// Forks the instance's `pids.max` refused so far.
+    fn pids_refused(&self, process_id: &str) -> u64;
+
+    /// The instances that have a cgroup of this launcher.
+    fn cgroup_instances(&self) -> Vec<String>;
+
+    /// The live processes of the instance's cgroup.
+    fn cgroup_pids(&self, process_id: &str) -> Vec<u32>;
+
+    /// The directories of the instance's cgroup (for the process table).
+    fn cgroup_dirs(&self, process_id: &str) -> Vec<PathBuf>;
+
+    /// Sends `sig` to each of `pids`.
+    fn signal_pids(&mut self, pids: &[u32], sig: Signal);
+
+    /// SIGKILLs everything in the instance's cgroup.
+    fn kill_cgroup(&mut self, process_id: &str);
+
+    /// Removes the instance's cgroup.
+    ///
+    /// # Errors
+    ///
+    /// The directory that could not be removed.
+    fn remove_cgroup(&mut self, process_id: &str) -> Result<(), CgroupError>;
+
+    /// The instance processes of this launcher that run now (see
+    /// [`discover::running`]).
+    fn discover(&mut self) -> Vec<Found>;
+
+    /// The instance process in `process_id`'s cgroup, if one runs there.
+    fn found_in_cgroup(&mut self, process_id: &str) -> Option<Found>;
+
+    /// Writes the process table.
+    ///
+    /// # Errors
+    ///
+    /// The file that could not be written.
+    fn save_table(&mut self, entries: &[Entry]) -> Result<(), StateFileError>;
+
+    /// The process table an earlier launcher left (a hint for adoption).
+    fn load_table(&mut self) -> Vec<Entry>;
+
+    /// Writes the API declarations.
+    ///
+    /// # Errors
+    ///
+    /// The file that could not be written.
+    fn save_api(&mut self, specs: &[InstanceSpec]) -> Result<(), StateFileError>;
+
+    /// The stored API declarations.
+    ///
+    /// # Errors
+    ///
+    /// The file that could not be read.
+    fn load_api(&mut self) -> Result<Vec<InstanceSpec>, StateFileError>;
+
+    /// The launcher stops: what is left of its own (cgroup parents) goes.
+    fn shutdown(&mut self);
+}

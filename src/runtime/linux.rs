@@ -1,0 +1,338 @@
+//! The [`Runtime`] of this machine: clone-and-exec spawns with cgroups,
+//! pidfd supervisors with HTTP probes, signals to process groups and
+//! cgroups, per-instance log files echoed into the launcher's log, and the
+//! state files under `--state-dir`.
+//!
+//! It carries requests out; it decides nothing about when.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+
+use super::cgroup::{CgroupError, Cgroups, Limits};
+use super::discover::{self, Found};
+use super::logs::{self, LogEcho};
+use super::spawn::{self, SpawnError, signal_group};
+use super::supervise::{Exit, ProbeTarget, ProcEvent, supervise};
+use super::table::{self, Entry, ProcessTable};
+use super::{Runtime, StartRequest, Started};
+use crate::desired::api_store::ApiStore;
+use crate::reconcile::observed::Ports;
+use crate::reconcile::transitions::ExitFacts;
+use crate::spec::InstanceSpec;
+use crate::spec::manifest::Pattern;
+use crate::state_file::StateFileError;
+
+/// Lines of output quoted in an error.
+const ERROR_TAIL_LINES: usize = 5;
+
+/// Where and how an instance of `pattern` on `ports` is probed.
+fn probe_target(pattern: &Pattern, ports: Ports) -> ProbeTarget {
+    ProbeTarget {
+        url: format!("http://127.0.0.1:{}{}", ports.health, pattern.health.path),
+        interval: pattern.health.interval,
+        timeout: pattern.health.timeout,
+    }
+}
+
+/// A runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxSetupError {
+    /// The logs directory cannot be created.
+    #[error("cannot create {path}: {source}")]
+    LogsDir {
+        /// The directory.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The HTTP client for probes cannot be built.
+    #[error("cannot build the probe client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// The Linux runtime.
+pub struct LinuxRuntime {
+    cgroups: Cgroups,
+    launcher_id: String,
+    logs_dir: PathBuf,
+    echo: LogEcho,
+    client: reqwest::Client,
+    events: mpsc::UnboundedSender<ProcEvent>,
+    table: ProcessTable,
+    api_store: ApiStore,
+}
+
+impl LinuxRuntime {
+    /// A runtime whose instances live under `state_dir` and `cgroups`,
+    /// marked as `launcher_id`'s, reporting on `events`.
+    ///
+    /// # Errors
+    ///
+    /// The logs directory cannot be made, or the probe client built.
+    pub fn new(
+        state_dir: &Path,
+        cgroups: Cgroups,
+        launcher_id: String,
+        events: mpsc::UnboundedSender<ProcEvent>,
+    ) -> Result<LinuxRuntime, LinuxSetupError> {
+        let logs_dir = state_dir.join("logs");
+        let dir_err = |source| LinuxSetupError::LogsDir {
+            path: logs_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&logs_dir).map_err(dir_err)?;
+        // inotify reports absolute paths: follow the logs by theirs, or a
+        // relative --state-dir (the default) would match no event.
+        let logs_dir = std::fs::canonicalize(&logs_dir).map_err(dir_err)?;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()?;
+        Ok(LinuxRuntime {
+            cgroups,
+            launcher_id,
+            echo: LogEcho::start(&logs_dir),
+            logs_dir,
+            client,
+            events,
+            table: ProcessTable::new(state_dir),
+            api_store: ApiStore::new(state_dir),
+        })
+    }
+
+    fn log(&self, process_id: &str) -> PathBuf {
+        logs::log_path(&self.logs_dir, process_id)
+    }
+
+    /// Follows the instance's log and supervises its process.
+    fn watch(&self, exit: Exit, req: StartRequest<'_>) {
+        let id: Arc<str> = Arc::from(req.process_id);
+        self.echo.track(self.log(req.process_id), id.clone());
+        tokio::spawn(supervise(
+            exit,
+            id,
+            req.epoch,
+            probe_target(req.pattern, req.ports),
+            self.client.clone(),
+            self.events.clone(),
+        ));
+    }
+}
+
+impl Runtime for LinuxRuntime {
+    fn port_check(&self) -> fn(u16) -> bool {
+        super::ports::os_bindable
+    }
+
+    fn check_executable(&self, path: &Path) -> Result<(), String> {
+        spawn::check_executable(path)
+    }
+
+    fn prepare_cgroup(&mut self, process_id: &str, limits: Limits) -> Result<bool, CgroupError> {
+        self.cgroups.create(process_id, limits)
+    }
+
+    fn start(&mut self, req: StartRequest<'_>) -> Result<Started, SpawnError> {
+        let id = req.process_id;
+        let procs = self.cgroups.procs_files(id);
+        let log = self.log(id);
+        let child = spawn::spawn(
+            id,
+            req.spec,
+            req.pattern,
+            req.ports,
+            &log,
+            &procs,
+            &self.launcher_id,
+        )?;
+        let pid = child.pid;
+        // The child joined its cgroups before exec; when one of its writes
+        // failed, move it from here (which says why).
+        let not_enforced = if child.joined_cgroups {
+            None
+        } else {
+            self.cgroups.add(id, pid).err().map(|e| {
+                tracing::error!("{id}: cannot move pid {pid} into its cgroup: {e}");
+                format!("NOT ENFORCED: cannot move the process into its cgroup: {e}")
+            })
+        };
+        let started = Started {
+            pid,
+            start_time: table::start_time(pid).unwrap_or(0),
+            joined_cgroups: child.joined_cgroups,
+            not_enforced,
+        };
+        self.watch(Exit::Child(child.pidfd), req);
+        Ok(started)
+    }
+
+    fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), String> {
+        let fd = table::pidfd_open(found.pid)
+            .map_err(|e| format!("cannot watch pid {}: {e}", found.pid))?;
+        if !table::is_same_process(found.pid, found.start_time) {
+            return Err(format!("pid {} is another process now", found.pid));
+        }
+        self.watch(Exit::Adopted(fd), req);
+        Ok(())
+    }
+
+    fn signal(&mut self, process_id: &str, pid: u32, sig: Signal) {
+        if let Err(e) = signal_group(pid, sig) {
+            tracing::error!("{process_id}: cannot signal process group {pid}: {e}");
+        }
+        // Processes that left the group (setsid) are still in the cgroup.
+        let pids = self.cgroups.pids(process_id);
+        self.signal_pids(&pids, sig);
+    }
+
+    fn kill(&mut self, process_id: &str, pid: u32) {
+        if let Err(e) = signal_group(pid, Signal::SIGKILL) {
+            tracing::error!("{process_id}: SIGKILL failed: {e}");
+        }
+        self.kill_cgroup(process_id);
+    }
+
+    fn ended(&mut self, process_id: &str, pid: u32, how: String, log_offset: u64) -> ExitFacts {
+        let id = process_id;
+        // Whatever the main process left behind goes with it: its process
+        // group, and everything in its cgroup (setsid, double fork).
+        if let Err(e) = signal_group(pid, Signal::SIGKILL) {
+            tracing::warn!("{id}: cannot kill process group {pid}: {e}");
+        }
+        let left = self.cgroups.pids(id);
+        if !left.is_empty() {
+            tracing::info!("{id}: killing what its main process left behind: {left:?}");
+            if let Err(e) = self.cgroups.kill_all(id) {
+                tracing::warn!("{id}: cannot kill what is left in its cgroup: {e}");
+            }
+        }
+        ExitFacts {
+            how,
+            oom_kills: self.cgroups.oom_kills(id),
+            pids_refused: self.cgroups.pids_refused(id),
+            tail: logs::tail(&self.log(id), log_offset, ERROR_TAIL_LINES),
+        }
+    }
+
+    fn forget(&mut self, process_id: &str) {
+        if let Err(e) = self.cgroups.remove(process_id) {
+            tracing::warn!("{process_id}: cannot remove its cgroup: {e}");
+        }
+        self.echo.untrack(self.log(process_id));
+    }
+
+    fn log_len(&self, process_id: &str) -> u64 {
+        logs::log_len(&self.log(process_id))
+    }
+
+    fn limits_text(&self, pattern: &Pattern) -> String {
+        let r = &pattern.resources;
+        let mut parts = Vec::new();
+        if let Some(m) = r.memory_limit {
+            parts.push(format!("memory {m} bytes"));
+        }
+        if let Some(c) = r.cpu_limit {
+            parts.push(format!("cpu {c} cores"));
+        }
+        let cgroups = &self.cgroups;
+        if !cgroups.enforced() {
+            parts.push(format!("pids {}", r.pids));
+            return format!(
+                "NOT ENFORCED ({}): {}",
+                parts.join(", "),
+                cgroups.describe()
+            );
+        }
+        let mut text = format!("{} by {}", parts.join(", "), cgroups.describe());
+        if parts.is_empty() {
+            text = format!("no memory or cpu limit; {}", cgroups.describe());
+        }
+        if cgroups.limits_pids() {
+            text.push_str(&format!("; pids {}", r.pids));
+        } else {
+            text.push_str(&format!(
+                "; pids {} NOT ENFORCED: no pids controller",
+                r.pids
+            ));
+        }
+        text
+    }
+
+    fn oom_kills(&self, process_id: &str) -> u64 {
+        self.cgroups.oom_kills(process_id)
+    }
+
+    fn pids_refused(&self, process_id: &str) -> u64 {
+        self.cgroups.pids_refused(process_id)
+    }
+
+    fn cgroup_instances(&self) -> Vec<String> {
+        self.cgroups.instances()
+    }
+
+    fn cgroup_pids(&self, process_id: &str) -> Vec<u32> {
+        // Those whose /proc entry is gone are no longer there to signal.
+        let mut pids = self.cgroups.pids(process_id);
+        pids.retain(|p| table::start_time(*p).is_some());
+        pids
+    }
+
+    fn cgroup_dirs(&self, process_id: &str) -> Vec<PathBuf> {
+        self.cgroups.dirs(process_id)
+    }
+
+    fn signal_pids(&mut self, pids: &[u32], sig: Signal) {
+        for &pid in pids {
+            if let Ok(raw) = i32::try_from(pid)
+                && raw > 1
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
+            }
+        }
+    }
+
+    fn kill_cgroup(&mut self, process_id: &str) {
+        if let Err(e) = self.cgroups.kill_all(process_id) {
+            tracing::error!("{process_id}: cgroup kill failed: {e}");
+        }
+    }
+
+    fn remove_cgroup(&mut self, process_id: &str) -> Result<(), CgroupError> {
+        self.cgroups.remove(process_id)
+    }
+
+    fn discover(&mut self) -> Vec<Found> {
+        discover::running(&self.cgroups, &self.launcher_id)
+    }
+
+    fn found_in_cgroup(&mut self, process_id: &str) -> Option<Found> {
+        discover::in_cgroup(&self.cgroups, process_id, &self.launcher_id)
+    }
+
+    fn save_table(&mut self, entries: &[Entry]) -> Result<(), StateFileError> {
+        self.table.save(entries)
+    }
+
+    fn load_table(&mut self) -> Vec<Entry> {
+        // Only a hint: adoption goes by what runs.
+        self.table.load().unwrap_or_else(|e| {
+            tracing::warn!("cannot read the process table, adopting from the kernel alone: {e}");
+            Vec::new()
+        })
+    }
+
+    fn save_api(&mut self, specs: &[InstanceSpec]) -> Result<(), StateFileError> {
+        self.api_store.save(specs)
+    }
+
+    fn load_api(&mut self) -> Result<Vec<InstanceSpec>, StateFileError> {
+        self.api_store.load()
+    }
+
+    fn shutdown(&mut self) {
+        self.cgroups.remove_parents();
+    }
+}
