@@ -339,8 +339,9 @@ impl Launcher {
             .map_err(|source| LaunchError::Listen { addr, source })?;
 
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let rt = runtime::linux::LinuxRuntime::new(&self.state_dir, cgroups, launcher_id, events_tx)
-            .map_err(runtime::controller::SetupError::from)?;
+        let rt =
+            runtime::linux::LinuxRuntime::new(&self.state_dir, cgroups, launcher_id, events_tx)
+                .map_err(runtime::controller::SetupError::from)?;
         let (controller, handle) = Controller::new(
             ControllerConfig {
                 patterns_dir: self.patterns_dir.clone(),

@@ -1273,9 +1273,9 @@ impl<R: Runtime> Controller<R> {
     fn persist_api(&mut self) -> Result<(), String> {
         let specs = self.desired.declared_by(&Source::Api);
         self.rt.save_api(&specs).map_err(|e| {
-                tracing::error!("cannot persist API declarations: {e}");
-                format!("cannot persist the declaration: {e}")
-            })
+            tracing::error!("cannot persist API declarations: {e}");
+            format!("cannot persist the declaration: {e}")
+        })
     }
 
     // ----- events -----------------------------------------------------

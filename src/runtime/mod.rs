@@ -9,7 +9,11 @@
 
 pub mod cgroup;
 pub mod controller;
+#[cfg(test)]
+mod controller_sim;
 pub mod discover;
+#[cfg(test)]
+pub mod fake;
 pub mod linux;
 pub mod logs;
 pub mod ports;

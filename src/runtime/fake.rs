@@ -1,0 +1,365 @@
+//! A [`Runtime`] for the controller's tests: no process, cgroup or file is
+//! touched. It hands out pids, records every request with the (paused)
+//! tokio time it came at, and plays the processes: each "process" reacts to
+//! signals and may crash at start as its behaviour says, reporting through
+//! the same event channel the real supervisors use.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+
+use super::cgroup::{CgroupError, Limits};
+use super::discover::Found;
+use super::spawn::SpawnError;
+use super::supervise::ProcEvent;
+use super::table::Entry;
+use super::{Runtime, StartRequest, Started};
+use crate::reconcile::transitions::ExitFacts;
+use crate::spec::InstanceSpec;
+use crate::spec::manifest::Pattern;
+use crate::state_file::StateFileError;
+
+/// How a fake process behaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Behaviour {
+    /// Exits with status 1 right after it starts.
+    pub crash_at_start: bool,
+    /// Becomes healthy right after it starts (its first probe passes).
+    pub healthy_at_start: bool,
+    /// Ignores SIGTERM (only SIGKILL ends it).
+    pub ignore_sigterm: bool,
+}
+
+/// Something the runtime was asked to do, with when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// A process started.
+    Start {
+        /// Instance.
+        process_id: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A signal to an instance's process (group and cgroup).
+    Signal {
+        /// Instance.
+        process_id: String,
+        /// Its pid.
+        pid: u32,
+        /// The signal.
+        sig: Signal,
+    },
+    /// SIGKILL to an instance's whole tree.
+    Kill {
+        /// Instance.
+        process_id: String,
+        /// Its pid.
+        pid: u32,
+    },
+    /// Signals to loose pids (orphans).
+    SignalPids {
+        /// The pids.
+        pids: Vec<u32>,
+        /// The signal.
+        sig: Signal,
+    },
+    /// SIGKILL to a cgroup (orphans).
+    KillCgroup {
+        /// Instance.
+        process_id: String,
+    },
+    /// A process taken over from an earlier launcher.
+    Adopt {
+        /// Instance.
+        process_id: String,
+        /// Its pid.
+        pid: u32,
+    },
+}
+
+/// What the fake knows; tests read and set it through [`FakeRuntime::state`].
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// Every call, with the tokio time it was made at.
+    pub calls: Vec<(Instant, Call)>,
+    /// Behaviour of new processes of each pattern (default: none special).
+    pub behaviour: BTreeMap<String, Behaviour>,
+    /// Live fake processes by instance: pid, epoch, behaviour.
+    pub running: BTreeMap<String, (u32, u64, Behaviour)>,
+    /// Processes in cgroups that no instance started (orphans), by instance.
+    pub orphans: BTreeMap<String, Vec<u32>>,
+    /// What discovery finds at start-up.
+    pub found: Vec<Found>,
+    /// The stored API declarations.
+    pub api: Vec<InstanceSpec>,
+    next_pid: u32,
+}
+
+/// The fake runtime; clones share one state.
+#[derive(Clone)]
+pub struct FakeRuntime {
+    state: Arc<Mutex<FakeState>>,
+    events: mpsc::UnboundedSender<ProcEvent>,
+}
+
+impl FakeRuntime {
+    /// A fake reporting on `events`.
+    pub fn new(events: mpsc::UnboundedSender<ProcEvent>) -> FakeRuntime {
+        FakeRuntime {
+            state: Arc::new(Mutex::new(FakeState {
+                next_pid: 1000,
+                ..FakeState::default()
+            })),
+            events,
+        }
+    }
+
+    /// The shared state (never held across an `.await`).
+    pub fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The process of `process_id` exits with `status` (as a crash, or on
+    /// its own).
+    pub fn exit(&self, process_id: &str, status: ExitStatus) {
+        let gone = self.state().running.remove(process_id);
+        if let Some((_, epoch, _)) = gone {
+            self.report_exit(process_id, epoch, status);
+        }
+    }
+
+    /// A probe result of the process of `process_id`.
+    pub fn probe(&self, process_id: &str, ok: bool) {
+        let epoch = self.state().running.get(process_id).map(|r| r.1);
+        if let Some(epoch) = epoch {
+            let _ = self.events.send(ProcEvent::Probe {
+                process_id: Arc::from(process_id),
+                epoch,
+                ok,
+                detail: if ok {
+                    String::new()
+                } else {
+                    "GET /health: connection refused".into()
+                },
+            });
+        }
+    }
+
+    /// The calls made so far.
+    pub fn calls(&self) -> Vec<(Instant, Call)> {
+        self.state().calls.clone()
+    }
+
+    fn record(&self, call: Call) {
+        let now = tokio::time::Instant::now().into_std();
+        self.state().calls.push((now, call));
+    }
+
+    fn report_exit(&self, process_id: &str, epoch: u64, status: ExitStatus) {
+        let _ = self.events.send(ProcEvent::Exited {
+            process_id: Arc::from(process_id),
+            epoch,
+            status: Ok(status),
+        });
+    }
+}
+
+/// The status of a death by `sig`.
+pub fn killed_by(sig: Signal) -> ExitStatus {
+    ExitStatus::from_raw(sig as i32)
+}
+
+/// The status of an exit with `code`.
+pub fn exit_code(code: i32) -> ExitStatus {
+    ExitStatus::from_raw((code & 0xff) << 8)
+}
+
+impl Runtime for FakeRuntime {
+    fn port_check(&self) -> fn(u16) -> bool {
+        |_| true
+    }
+
+    fn check_executable(&self, _path: &Path) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn prepare_cgroup(&mut self, _process_id: &str, _limits: Limits) -> Result<bool, CgroupError> {
+        Ok(true)
+    }
+
+    fn start(&mut self, req: StartRequest<'_>) -> Result<Started, SpawnError> {
+        let (pid, behaviour) = {
+            let mut st = self.state();
+            st.next_pid += 1;
+            let pid = st.next_pid;
+            let b = st
+                .behaviour
+                .get(&req.pattern.name)
+                .copied()
+                .unwrap_or_default();
+            st.running
+                .insert(req.process_id.to_string(), (pid, req.epoch, b));
+            (pid, b)
+        };
+        self.record(Call::Start {
+            process_id: req.process_id.to_string(),
+            pid,
+        });
+        if behaviour.crash_at_start {
+            self.exit(req.process_id, exit_code(1));
+        } else if behaviour.healthy_at_start {
+            self.probe(req.process_id, true);
+        }
+        Ok(Started {
+            pid,
+            start_time: u64::from(pid),
+            joined_cgroups: true,
+            not_enforced: None,
+        })
+    }
+
+    fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), String> {
+        let b = self
+            .state()
+            .behaviour
+            .get(&req.pattern.name)
+            .copied()
+            .unwrap_or_default();
+        self.state()
+            .running
+            .insert(req.process_id.to_string(), (found.pid, req.epoch, b));
+        self.record(Call::Adopt {
+            process_id: req.process_id.to_string(),
+            pid: found.pid,
+        });
+        Ok(())
+    }
+
+    fn signal(&mut self, process_id: &str, pid: u32, sig: Signal) {
+        self.record(Call::Signal {
+            process_id: process_id.to_string(),
+            pid,
+            sig,
+        });
+        let ignores = self
+            .state()
+            .running
+            .get(process_id)
+            .is_some_and(|r| r.0 == pid && r.2.ignore_sigterm);
+        if sig == Signal::SIGKILL || !ignores {
+            self.exit(process_id, killed_by(sig));
+        }
+    }
+
+    fn kill(&mut self, process_id: &str, pid: u32) {
+        self.record(Call::Kill {
+            process_id: process_id.to_string(),
+            pid,
+        });
+        self.exit(process_id, killed_by(Signal::SIGKILL));
+    }
+
+    fn ended(&mut self, _process_id: &str, _pid: u32, how: String, _log_offset: u64) -> ExitFacts {
+        ExitFacts {
+            how,
+            oom_kills: 0,
+            pids_refused: 0,
+            tail: Vec::new(),
+        }
+    }
+
+    fn forget(&mut self, _process_id: &str) {}
+
+    fn log_len(&self, _process_id: &str) -> u64 {
+        0
+    }
+
+    fn limits_text(&self, _pattern: &Pattern) -> String {
+        "fake".into()
+    }
+
+    fn oom_kills(&self, _process_id: &str) -> u64 {
+        0
+    }
+
+    fn pids_refused(&self, _process_id: &str) -> u64 {
+        0
+    }
+
+    fn cgroup_instances(&self) -> Vec<String> {
+        let st = self.state();
+        let mut ids: Vec<String> = st
+            .running
+            .keys()
+            .chain(st.orphans.keys())
+            .cloned()
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    fn cgroup_pids(&self, process_id: &str) -> Vec<u32> {
+        let st = self.state();
+        let mut pids = st.orphans.get(process_id).cloned().unwrap_or_default();
+        pids.extend(st.running.get(process_id).map(|r| r.0));
+        pids
+    }
+
+    fn cgroup_dirs(&self, _process_id: &str) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn signal_pids(&mut self, pids: &[u32], sig: Signal) {
+        self.record(Call::SignalPids {
+            pids: pids.to_vec(),
+            sig,
+        });
+    }
+
+    fn kill_cgroup(&mut self, process_id: &str) {
+        self.record(Call::KillCgroup {
+            process_id: process_id.to_string(),
+        });
+        self.state().orphans.remove(process_id);
+    }
+
+    fn remove_cgroup(&mut self, _process_id: &str) -> Result<(), CgroupError> {
+        Ok(())
+    }
+
+    fn discover(&mut self) -> Vec<Found> {
+        std::mem::take(&mut self.state().found)
+    }
+
+    fn found_in_cgroup(&mut self, _process_id: &str) -> Option<Found> {
+        None
+    }
+
+    fn save_table(&mut self, _entries: &[Entry]) -> Result<(), StateFileError> {
+        Ok(())
+    }
+
+    fn load_table(&mut self) -> Vec<Entry> {
+        Vec::new()
+    }
+
+    fn save_api(&mut self, specs: &[InstanceSpec]) -> Result<(), StateFileError> {
+        self.state().api = specs.to_vec();
+        Ok(())
+    }
+
+    fn load_api(&mut self) -> Result<Vec<InstanceSpec>, StateFileError> {
+        Ok(self.state().api.clone())
+    }
+
+    fn shutdown(&mut self) {}
+}
