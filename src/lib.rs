@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod controller;
 pub mod desired;
 pub mod reconcile;
 pub mod runtime;
@@ -29,9 +30,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::catalog::{Catalog, DiscoveryError};
+use crate::controller::{Command, Controller, ControllerConfig, Watchers};
 use crate::reconcile::PlanConfig;
 use crate::runtime::cgroup::Cgroups;
-use crate::runtime::controller::{Command, Controller, ControllerConfig, Watchers};
 
 /// The name of this launcher's parent cgroup: one per state directory, so
 /// that a restarted launcher finds its instances and two launchers with
@@ -127,7 +128,7 @@ fn flatten(
 pub enum LaunchError {
     /// The controller could not be set up.
     #[error(transparent)]
-    Setup(#[from] runtime::controller::SetupError),
+    Setup(#[from] controller::SetupError),
     /// A directory cannot be created.
     #[error("cannot create {path}: {source}")]
     Dir {
@@ -341,7 +342,7 @@ impl Launcher {
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let rt =
             runtime::linux::LinuxRuntime::new(&self.state_dir, cgroups, launcher_id, events_tx)
-                .map_err(runtime::controller::SetupError::from)?;
+                .map_err(controller::SetupError::from)?;
         let (controller, handle) = Controller::new(
             ControllerConfig {
                 patterns_dir: self.patterns_dir.clone(),

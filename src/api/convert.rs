@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use tonic::Status;
 
+use crate::controller::snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
 use crate::proto::{self, IsolationLevel, ProcessState};
 use crate::reconcile::Phase;
-use crate::runtime::snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
 use crate::spec::Isolation;
 
 /// Wire isolation → domain; `None` means "the manifest's".

@@ -206,7 +206,7 @@ impl Incoming {
 pub fn bounded(
     listener: TcpListener,
     max: usize,
-    snapshots: tokio::sync::watch::Receiver<std::sync::Arc<crate::runtime::snapshot::Snapshot>>,
+    snapshots: tokio::sync::watch::Receiver<std::sync::Arc<crate::controller::snapshot::Snapshot>>,
 ) -> Incoming {
     let budget = FdBudget::current();
     let max = match budget {

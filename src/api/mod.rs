@@ -12,11 +12,11 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
+use crate::controller::snapshot::{InstanceStatus, Snapshot};
+use crate::controller::{Command, CommandError, ControllerHandle, LaunchParams};
 use crate::proto;
 use crate::proto::pattern_launcher_server::PatternLauncher;
 use crate::reconcile::Phase;
-use crate::runtime::controller::{Command, CommandError, ControllerHandle, LaunchParams};
-use crate::runtime::snapshot::{InstanceStatus, Snapshot};
 
 /// The loop is stalled when it has not run for this long.
 const STALL_AFTER: Duration = Duration::from_secs(10);

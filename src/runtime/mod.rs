@@ -8,16 +8,12 @@
 //! process table, and discovery of running instances.
 
 pub mod cgroup;
-pub mod controller;
-#[cfg(test)]
-mod controller_sim;
 pub mod discover;
 #[cfg(test)]
 pub mod fake;
 pub mod linux;
 pub mod logs;
 pub mod ports;
-pub mod snapshot;
 pub mod spawn;
 pub mod supervise;
 pub mod table;

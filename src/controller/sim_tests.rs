@@ -11,17 +11,17 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, oneshot};
 
-use super::controller::{
+use super::snapshot::{InstanceStatus, Snapshot};
+use super::{
     Accepted, Command, CommandError, Controller, ControllerConfig, ControllerHandle, LaunchParams,
     Watchers,
 };
-use super::discover::{self, Found};
-use super::fake::{Behaviour, Call, FakeRuntime, killed_by};
-use super::snapshot::{InstanceStatus, Snapshot};
 use crate::catalog::Catalog;
 use crate::desired::files::DesiredDoc;
 use crate::reconcile::PlanConfig;
 use crate::reconcile::observed::{Phase, Ports};
+use crate::runtime::discover::{self, Found};
+use crate::runtime::fake::{Behaviour, Call, FakeRuntime, killed_by};
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 use crate::watch::FileEvent;
 
@@ -56,7 +56,7 @@ impl Sim {
     fn start(
         names: &[&str],
         behaviour: Behaviour,
-        setup: impl FnOnce(&mut super::fake::FakeState),
+        setup: impl FnOnce(&mut crate::runtime::fake::FakeState),
     ) -> Sim {
         let patterns_dir = tempfile::tempdir().expect("temp dir");
         for n in names {

@@ -1,0 +1,240 @@
+//! The API's commands: launch (declare, reserve ports, persist once per
+//! pass), terminate, and putting back what could not be persisted.
+//!
+//! It answers callers; what happens to processes is the planner's.
+
+use super::*;
+
+impl<R: Runtime> Controller<R> {
+    pub(super) fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Launch { params, reply } => match self.launch(params) {
+                Ok((accepted, previous)) => {
+                    let pending = previous.is_some()
+                        || self
+                            .unsaved_launches
+                            .iter()
+                            .any(|u| u.process_id == accepted.process_id);
+                    if pending {
+                        self.unsaved_launches.push(UnsavedLaunch {
+                            process_id: accepted.process_id.clone(),
+                            previous,
+                            reply,
+                            accepted,
+                        });
+                    } else {
+                        let _ = reply.send(Ok(accepted));
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Terminate {
+                process_id,
+                grace,
+                force,
+                reply,
+            } => {
+                let r = self.terminate(&process_id, grace, force);
+                let _ = reply.send(r);
+            }
+            Command::Shutdown => {
+                tracing::info!("shutting down: stopping {} instances", self.observed.len());
+                self.shutting_down = true;
+            }
+        }
+    }
+
+    /// Declares the instance; also returns the API's previous declaration
+    /// when this one changed it (it is not persisted yet: see
+    /// [`Controller::save_launches`]).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn launch(
+        &mut self,
+        p: LaunchParams,
+    ) -> Result<(Accepted, Option<Option<InstanceSpec>>), CommandError> {
+        if self.shutting_down {
+            return Err(CommandError::Unavailable(
+                "the launcher is shutting down".into(),
+            ));
+        }
+        if p.pattern.is_empty() {
+            return Err(CommandError::InvalidArgument(
+                "pattern_name is required".into(),
+            ));
+        }
+        let Some(pattern) = self.catalog.get(&p.pattern).cloned() else {
+            return Err(CommandError::NotFound(format!(
+                "pattern {:?} not found ({})",
+                p.pattern,
+                self.known_patterns()
+            )));
+        };
+        let invalid = |e: crate::spec::SpecError| CommandError::InvalidArgument(e.to_string());
+        let isolation = p.isolation.unwrap_or(pattern.isolation);
+        let key = InstanceKey::new(&p.pattern, isolation, &p.namespace, &p.session_id)
+            .map_err(invalid)?;
+        let grace = crate::spec::grace_from_secs(p.grace_period_secs).map_err(invalid)?;
+        let spec = InstanceSpec::new(key, p.config, grace).map_err(invalid)?;
+        pattern.check_config(&spec.config).map_err(invalid)?;
+        self.rt
+            .check_executable(&pattern.executable)
+            .map_err(|e| CommandError::FailedPrecondition(format!("cannot execute {e}")))?;
+        let id = spec.key.process_id();
+        let previous = self
+            .desired
+            .get(&id)
+            .and_then(|d| d.spec_of(&Source::Api))
+            .cloned();
+        let limit = crate::spec::limits::MAX_INSTANCES_PER_SOURCE;
+        if previous.is_none() && self.desired.count_declared_by(&Source::Api) >= limit {
+            return Err(CommandError::InvalidArgument(format!(
+                "the API declares {limit} instances already, the limit per source"
+            )));
+        }
+        // A new instance gets its ports now: when the range is used up the
+        // call is refused at once, and nothing is declared.
+        let new_ports = if self.observed.contains_key(&id) || self.desired.get(&id).is_some() {
+            None
+        } else {
+            Some(self.ports.assign(pattern.health.port).map_err(|e| {
+                let msg = format!(
+                    "cannot launch {id}: {e} (--port-range); terminate instances or widen the range"
+                );
+                if !std::mem::replace(&mut self.ports_exhausted_logged, true) {
+                    tracing::warn!("{msg}");
+                }
+                CommandError::ResourceExhausted(msg)
+            })?)
+        };
+        let declared = match self.desired.declare(Source::Api, spec.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(ports) = new_ports {
+                    self.ports.release(ports);
+                }
+                return Err(CommandError::FailedPrecondition(e.to_string()));
+            }
+        };
+        if let Some(ports) = new_ports {
+            self.observed
+                .insert(id.clone(), ObservedInstance::new(spec, pattern, ports));
+        }
+        // A launch of a running instance changes nothing: no new snapshot.
+        let mut changed = declared != Declared::Unchanged;
+        let mut failed_starts = 0;
+        if let Some(o) = self.observed.get_mut(&id) {
+            failed_starts = o.failed_starts;
+            // Launching a circuit-broken instance closes the circuit.
+            if transitions::close_circuit(o) {
+                tracing::info!("{id}: launched again, circuit closed");
+                changed = true;
+            }
+        }
+        if changed {
+            self.touch(&id);
+        }
+        let previous = (declared != Declared::Unchanged).then_some(previous);
+        Ok((
+            Accepted {
+                process_id: id,
+                failed_starts,
+                seq: self.seq,
+            },
+            previous,
+        ))
+    }
+
+    /// Persists the API declarations once for every launch taken in since
+    /// the last pass, then answers them; when the write fails, their
+    /// declarations are taken back (latest first) and they are refused.
+    pub(super) fn save_launches(&mut self) {
+        if self.unsaved_launches.is_empty() {
+            return;
+        }
+        let launches = std::mem::take(&mut self.unsaved_launches);
+        match self.persist_api() {
+            Ok(()) => {
+                for u in launches {
+                    let _ = u.reply.send(Ok(u.accepted));
+                }
+            }
+            Err(e) => {
+                for u in launches.iter().rev() {
+                    if let Some(previous) = &u.previous {
+                        self.restore_api(&u.process_id, previous.clone());
+                        self.touch(&u.process_id);
+                    }
+                }
+                for u in launches {
+                    let _ = u.reply.send(Err(CommandError::Unavailable(e.clone())));
+                }
+            }
+        }
+    }
+
+    pub(super) fn terminate(
+        &mut self,
+        id: &str,
+        grace: Option<Duration>,
+        force: bool,
+    ) -> Result<Option<u32>, CommandError> {
+        let files = |d: &crate::desired::DesiredInstance| {
+            d.sources()
+                .filter(|s| **s != Source::Api)
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(d) = self.desired.get(id) {
+            if !d.declared_by(&Source::Api) {
+                return Err(CommandError::FailedPrecondition(format!(
+                    "{id} is declared by {}: remove it there",
+                    files(d)
+                )));
+            }
+            let previous = d.spec_of(&Source::Api).cloned();
+            self.desired.withdraw(&Source::Api, id);
+            if let Err(e) = self.persist_api() {
+                self.restore_api(id, previous);
+                return Err(CommandError::Unavailable(e));
+            }
+            if let Some(d) = self.desired.get(id) {
+                let msg = format!(
+                    "the API declaration of {id} is removed, but {} still declares it",
+                    files(d)
+                );
+                self.touch(id);
+                return Err(CommandError::FailedPrecondition(msg));
+            }
+        } else if !self.observed.contains_key(id) {
+            return Err(CommandError::NotFound(format!("no instance {id:?}")));
+        }
+        let mut pid = None;
+        if let Some(o) = self.observed.get_mut(id) {
+            o.stop_request = Some(StopRequest { grace, force });
+            pid = o.process.map(|p| p.pid);
+        }
+        self.touch(id);
+        Ok(pid)
+    }
+
+    /// Puts the API's declaration of `id` back as it was before a change
+    /// that could not be persisted.
+    pub(super) fn restore_api(&mut self, id: &str, previous: Option<InstanceSpec>) {
+        self.desired.withdraw(&Source::Api, id);
+        if let Some(spec) = previous {
+            // It was declared before, so it agrees with the other sources.
+            let _ = self.desired.declare(Source::Api, spec);
+        }
+    }
+
+    pub(super) fn persist_api(&mut self) -> Result<(), String> {
+        let specs = self.desired.declared_by(&Source::Api);
+        self.rt.save_api(&specs).map_err(|e| {
+            tracing::error!("cannot persist API declarations: {e}");
+            format!("cannot persist the declaration: {e}")
+        })
+    }
+}

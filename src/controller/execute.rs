@@ -1,0 +1,292 @@
+//! Facts in, actions out: process events become transitions of the
+//! observed table ([`crate::reconcile::transitions`]), and the planner's
+//! actions become runtime calls (start, signal, kill, forget).
+//!
+//! Every decision was made before it gets here.
+
+use super::*;
+
+impl<R: Runtime> Controller<R> {
+    pub(super) fn current<'a>(
+        observed: &'a mut Observed,
+        id: &str,
+        epoch: u64,
+    ) -> Option<&'a mut ObservedInstance> {
+        observed
+            .get_mut(id)
+            .filter(|o| o.process.is_some_and(|p| p.epoch == epoch))
+    }
+
+    pub(super) fn event(&mut self, ev: ProcEvent) {
+        let now = self.rt.now();
+        match ev {
+            ProcEvent::Probe {
+                process_id,
+                epoch,
+                ok,
+                detail,
+            } => {
+                let Some(o) = Self::current(&mut self.observed, &process_id, epoch) else {
+                    return;
+                };
+                match transitions::probed(o, ok, &detail, now) {
+                    ProbeOutcome::Healthy => tracing::info!("{process_id}: healthy"),
+                    ProbeOutcome::StillHealthy => {}
+                    ProbeOutcome::Failed {
+                        failures,
+                        threshold,
+                    } => tracing::warn!(
+                        "{process_id}: health check failed ({failures}/{threshold}): {detail}"
+                    ),
+                    ProbeOutcome::Ignored => return,
+                }
+                self.touch(&process_id);
+            }
+            ProcEvent::Exited {
+                process_id,
+                epoch,
+                status,
+            } => self.exited(&process_id, epoch, status, now),
+        }
+    }
+
+    pub(super) fn exited(
+        &mut self,
+        id: &str,
+        epoch: u64,
+        status: Result<std::process::ExitStatus, String>,
+        now: Instant,
+    ) {
+        let Some(pid) = Self::current(&mut self.observed, id, epoch)
+            .and_then(|o| o.process)
+            .map(|p| p.pid)
+        else {
+            return;
+        };
+        let offset = self.log_offsets.get(id).copied().unwrap_or(0);
+        let how = match status {
+            Ok(s) => describe_exit(s),
+            Err(e) => e,
+        };
+        let facts = self.rt.ended(id, pid, how, offset);
+        let Some(o) = self.observed.get_mut(id) else {
+            return;
+        };
+        let Some(out) = transitions::exited(o, facts, now, rand::random::<f64>()) else {
+            return;
+        };
+        let how = out.message;
+        match out.kind {
+            ExitKind::Finished => tracing::info!("{id}: stopped ({how})"),
+            ExitKind::Replaced => {
+                tracing::info!("{id}: stopped for a restart with a new spec ({how})");
+            }
+            ExitKind::StoppedAfterFailure => {
+                tracing::info!("{id}: stopped after a failure ({how})")
+            }
+            ExitKind::Crashed => tracing::warn!(
+                "{id}: pid {pid} {how} (failure {} in a row)",
+                o.consecutive_failures
+            ),
+        }
+        self.table_dirty = true;
+        self.touch(id);
+    }
+
+    pub(super) fn execute(&mut self, action: Action, now: Instant) {
+        match action {
+            Action::Spawn {
+                process_id,
+                reset_breaker,
+            } => self.spawn(&process_id, reset_breaker, now),
+            Action::Stop {
+                process_id,
+                reason,
+                grace,
+                force,
+            } => self.stop(&process_id, reason, grace, force, now),
+            Action::Kill { process_id } => {
+                if let Some(o) = self.observed.get_mut(&process_id) {
+                    transitions::killed(o);
+                    if let Some(p) = o.process {
+                        tracing::warn!("{process_id}: sending SIGKILL to pid {}", p.pid);
+                        self.rt.kill(&process_id, p.pid);
+                    }
+                    self.touch(&process_id);
+                }
+            }
+            Action::BreakCircuit { process_id } => {
+                if let Some(o) = self.observed.get_mut(&process_id) {
+                    let msg = transitions::break_circuit(o);
+                    tracing::error!("{process_id}: {msg}");
+                    self.touch(&process_id);
+                }
+            }
+            Action::ResetFailures { process_id } => {
+                if let Some(o) = self.observed.get_mut(&process_id) {
+                    transitions::reset_failures(o);
+                    self.touch(&process_id);
+                }
+            }
+            Action::Forget { process_id } => {
+                if let Some(o) = self.observed.remove(&process_id) {
+                    self.ports.release(o.ports);
+                    self.ports_exhausted_logged = false;
+                    self.cgroup_limits.remove(&process_id);
+                    self.rt.forget(&process_id);
+                    self.table_dirty = true;
+                    self.log_offsets.remove(&process_id);
+                    self.touch(&process_id);
+                }
+            }
+        }
+    }
+
+    pub(super) fn stop(
+        &mut self,
+        id: &str,
+        reason: StopReason,
+        grace: Duration,
+        force: bool,
+        now: Instant,
+    ) {
+        let Some(o) = self.observed.get_mut(id) else {
+            return;
+        };
+        let Some(p) = o.process else {
+            return;
+        };
+        let sig = if force {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        tracing::info!("{id}: stopping pid {} with {sig} (grace {grace:?})", p.pid);
+        self.rt.signal(id, p.pid, sig);
+        let startup = self.cfg.plan.startup_timeout;
+        if let Some(why) = transitions::stop_began(o, reason, grace, force, startup, now) {
+            tracing::warn!("{id}: {why}");
+        }
+        self.touch(id);
+    }
+
+    pub(super) fn spawn(&mut self, id: &str, reset_breaker: bool, now: Instant) {
+        let Some(d) = self.desired.get(id) else {
+            return;
+        };
+        let spec = d.spec().clone();
+        let Some(pattern) = self.catalog.get(&spec.key.pattern).cloned() else {
+            return;
+        };
+        if self.still_running(id, now) {
+            return;
+        }
+        if !self.observed.contains_key(id) {
+            let ports = match self.ports.assign(pattern.health.port) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Retried every pass: said once until a port is freed.
+                    if !std::mem::replace(&mut self.ports_exhausted_logged, true) {
+                        tracing::error!("{id}: cannot start: {e} (--port-range)");
+                    }
+                    return;
+                }
+            };
+            self.observed.insert(
+                id.to_string(),
+                ObservedInstance::new(spec.clone(), pattern.clone(), ports),
+            );
+        }
+        let offset = self.rt.log_len(id);
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let limits = Limits {
+            cpu: pattern.resources.cpu_limit,
+            memory: pattern.resources.memory_limit,
+            pids: Some(pattern.resources.pids),
+        };
+        let mut limits_text = self.rt.limits_text(&pattern);
+        let known = self.cgroup_limits.get(id) == Some(&limits);
+        let oom_before = match self.observed.get(id) {
+            // A restart: the cgroup is as this launcher left it, and its
+            // OOM-kill count was read when the last process exited.
+            Some(o) if known => o.oom_kills_before,
+            _ => match self.rt.prepare_cgroup(id, limits) {
+                Ok(new) => {
+                    self.cgroup_limits.insert(id.to_string(), limits);
+                    if new { 0 } else { self.rt.oom_kills(id) }
+                }
+                Err(e) => {
+                    tracing::error!("{id}: cannot set up its cgroup: {e}");
+                    limits_text = format!("NOT ENFORCED: cannot set up the cgroup: {e}");
+                    self.rt.oom_kills(id)
+                }
+            },
+        };
+        let refused = (!known).then(|| self.rt.pids_refused(id));
+        let Some(o) = self.observed.get_mut(id) else {
+            return;
+        };
+        if reset_breaker && transitions::close_circuit(o) {
+            tracing::info!("{id}: declaration changed, circuit closed");
+        }
+        o.spec = spec;
+        o.pattern = pattern.clone();
+        o.oom_kills_before = oom_before;
+        if let Some(refused) = refused {
+            o.pids_refused_seen = refused;
+        }
+        let mut spawned = false;
+        let mut launcher_problem = None;
+        let req = StartRequest {
+            process_id: id,
+            spec: &o.spec,
+            pattern: &pattern,
+            ports: o.ports,
+            epoch,
+        };
+        match self.rt.start(req) {
+            Ok(child) => {
+                let pid = child.pid;
+                if !child.joined_cgroups {
+                    // Set the cgroup up again at the next start.
+                    self.cgroup_limits.remove(id);
+                }
+                o.limits = child.not_enforced.unwrap_or(limits_text);
+                spawned = true;
+                tracing::info!(
+                    "{id}: started pid {pid} (grpc port {}, health port {})",
+                    o.ports.grpc,
+                    o.ports.health
+                );
+                let process = ProcessInfo {
+                    pid,
+                    epoch,
+                    started_at: now,
+                    start_time: child.start_time,
+                };
+                transitions::spawned(o, process);
+                self.log_offsets.insert(id.to_string(), offset);
+            }
+            Err(e) if e.is_launcher_side() => {
+                // The launcher's own trouble (its state directory, its
+                // descriptors) is not the instance's failure: retried with
+                // backoff, never counted towards the circuit breaker.
+                tracing::warn!("{id}: the launcher cannot start it: {e}");
+                let jitter = rand::random::<f64>();
+                transitions::spawn_failed(o, e.to_string(), SpawnFault::Launcher, now, jitter);
+                launcher_problem = Some(format!("cannot start instances: {e}"));
+            }
+            Err(e) => {
+                tracing::error!("{id}: {e}");
+                let jitter = rand::random::<f64>();
+                transitions::spawn_failed(o, e.to_string(), SpawnFault::Pattern, now, jitter);
+            }
+        }
+        if spawned || launcher_problem.is_some() {
+            self.problem("spawn", launcher_problem);
+        }
+        self.table_dirty = true;
+        self.touch(id);
+    }
+}

@@ -1,0 +1,162 @@
+//! How the rest of the launcher talks to the controller: the commands it
+//! takes and their answers, its settings, the handle the API holds, and
+//! what the watchers hand it.
+//!
+//! Plain types; no behaviour beyond reading the handle.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use std::collections::BTreeMap;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::snapshot::Snapshot;
+use crate::reconcile::PlanConfig;
+use crate::spec::{InstanceSpec, Isolation};
+use crate::watch::FileEvent;
+
+/// A LaunchPattern as the controller receives it.
+#[derive(Debug, Clone)]
+pub struct LaunchParams {
+    /// Pattern name.
+    pub pattern: String,
+    /// Isolation level; `None` is the manifest's.
+    pub isolation: Option<Isolation>,
+    /// Namespace.
+    pub namespace: String,
+    /// Session id.
+    pub session_id: String,
+    /// Extra environment.
+    pub config: BTreeMap<String, String>,
+    /// Grace period in seconds (0 = default).
+    pub grace_period_secs: i64,
+}
+
+/// Why a command was refused; the API maps each to a gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// Unknown pattern or instance.
+    #[error("{0}")]
+    NotFound(String),
+    /// Bad names, missing fields, bad config.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request conflicts with the state of things.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The launcher could not do it (e.g. persisting failed).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bounded resource (the port range) is used up.
+    #[error("{0}")]
+    ResourceExhausted(String),
+}
+
+/// An accepted declaration.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The instance.
+    pub process_id: String,
+    /// Failed starts counted before this call; a higher count later means
+    /// a start failed since.
+    pub failed_starts: u64,
+    /// The last snapshot published before the call was taken in: every
+    /// later one shows the instance, unless something withdrew it since.
+    pub seq: u64,
+}
+
+/// A launch waiting for the API declarations to be persisted.
+pub(super) struct UnsavedLaunch {
+    /// The instance.
+    pub(super) process_id: String,
+    /// The API's declaration before this launch, when the launch changed
+    /// it (restored if it cannot be persisted).
+    pub(super) previous: Option<Option<InstanceSpec>>,
+    pub(super) reply: oneshot::Sender<Result<Accepted, CommandError>>,
+    pub(super) accepted: Accepted,
+}
+
+/// Requests to the controller.
+#[derive(Debug)]
+pub enum Command {
+    /// Declare an instance through the API.
+    Launch {
+        /// The request.
+        params: LaunchParams,
+        /// The answer.
+        reply: oneshot::Sender<Result<Accepted, CommandError>>,
+    },
+    /// Remove an API declaration and stop the instance.
+    Terminate {
+        /// Instance.
+        process_id: String,
+        /// Grace period override.
+        grace: Option<Duration>,
+        /// SIGKILL at once.
+        force: bool,
+        /// The answer: the pid being stopped, if a process runs.
+        reply: oneshot::Sender<Result<Option<u32>, CommandError>>,
+    },
+    /// Stop every instance and end the loop.
+    Shutdown,
+}
+
+/// Settings of a controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// `--patterns-dir`.
+    pub patterns_dir: PathBuf,
+    /// `--port-range`.
+    pub port_range: std::ops::RangeInclusive<u16>,
+    /// Lifecycle tunables.
+    pub plan: PlanConfig,
+    /// How often processes nobody owns are looked for.
+    pub orphan_sweep: Duration,
+    /// Leave instances running on shutdown, for the next launcher.
+    pub keep_instances_on_exit: bool,
+}
+
+/// Handles to talk to a running controller.
+#[derive(Clone)]
+pub struct ControllerHandle {
+    /// Commands.
+    pub commands: mpsc::Sender<Command>,
+    /// Snapshots.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Milliseconds since `started` at the last loop pass.
+    pub heartbeat: Arc<AtomicU64>,
+    /// When the controller started.
+    pub started: Instant,
+    /// The lifecycle tunables (for timeouts of waiting callers).
+    pub plan: PlanConfig,
+}
+
+impl ControllerHandle {
+    /// How long ago the loop last ran.
+    pub fn loop_age(&self) -> Duration {
+        let beat = Duration::from_millis(self.heartbeat.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(beat)
+    }
+}
+
+/// What the directory watchers send the controller.
+pub struct Watchers {
+    /// Desired-state file changes.
+    pub desired: mpsc::UnboundedReceiver<FileEvent>,
+    /// "Look at the patterns directory again."
+    pub patterns: mpsc::UnboundedReceiver<()>,
+}
+
+/// A controller could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The runtime could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::linux::LinuxSetupError),
+    /// The persisted API declarations cannot be read.
+    #[error("cannot load API declarations: {0}")]
+    Store(crate::state_file::StateFileError),
+}
