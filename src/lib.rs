@@ -16,8 +16,8 @@ pub mod catalog;
 pub mod desired;
 pub mod reconcile;
 pub mod runtime;
+pub mod sources;
 pub mod spec;
-pub mod state_file;
 #[cfg(test)]
 mod test_util;
 pub mod watch;
@@ -296,7 +296,7 @@ impl Launcher {
                 source,
             })?;
         }
-        state_file::make_private(&self.state_dir);
+        sources::state_file::make_private(&self.state_dir);
         // Watch first, so that nothing changed during discovery is missed.
         let watchers = Watchers {
             patterns: watch::watch_patterns(self.patterns_dir.clone(), self.rescan),

@@ -1,0 +1,10 @@
+//! The input side of the launcher: everything it reads from outside to
+//! learn what it should run, turned into plain data for the controller.
+//!
+//! - [`state_file`]: small JSON files under `--state-dir`, written
+//!   atomically (the API store's file, the runtime's process table).
+//!
+//! Nothing here decides what to run, touches a process or reads the clock
+//! for anything but debouncing; the controller owns every decision.
+
+pub mod state_file;
