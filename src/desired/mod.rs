@@ -1,9 +1,9 @@
 //! The desired set: every instance that some source (the API, a file in
 //! `desired/`) declares, with who declares it.
 //!
-//! Pure data and rules; persistence of API declarations is in [`api_store`].
+//! Pure data and rules; persistence of API declarations is in
+//! [`crate::sources::api_store`].
 
-pub mod api_store;
 pub mod files;
 
 use std::collections::BTreeMap;

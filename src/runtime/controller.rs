@@ -27,13 +27,13 @@ use super::spawn::{self, check_executable, describe_exit, signal_group};
 use super::supervise::{Exit, ProbeTarget, ProcEvent, supervise};
 use super::table::{self, Entry, ProcessTable};
 use crate::catalog::Catalog;
-use crate::desired::api_store::ApiStore;
 use crate::desired::files::DesiredDoc;
 use crate::desired::{Declared, DesiredSet, Source};
 use crate::reconcile::observed::{
     ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest, Stopping,
 };
 use crate::reconcile::{Action, Observed, PlanConfig, plan};
+use crate::sources::ApiStore;
 use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 use crate::watch::FileEvent;
@@ -267,7 +267,7 @@ pub enum SetupError {
     },
     /// The persisted API declarations cannot be read.
     #[error("cannot load API declarations: {0}")]
-    Store(crate::desired::api_store::StoreError),
+    Store(crate::sources::StoreError),
     /// The HTTP client for probes cannot be built.
     #[error("cannot build the probe client: {0}")]
     Client(String),

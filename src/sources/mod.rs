@@ -1,10 +1,15 @@
 //! The input side of the launcher: everything it reads from outside to
 //! learn what it should run, turned into plain data for the controller.
 //!
+//! - [`api_store`]: the API's declarations, kept under `--state-dir` so
+//!   that they survive a restart.
 //! - [`state_file`]: small JSON files under `--state-dir`, written
 //!   atomically (the API store's file, the runtime's process table).
 //!
 //! Nothing here decides what to run, touches a process or reads the clock
 //! for anything but debouncing; the controller owns every decision.
 
+pub mod api_store;
 pub mod state_file;
+
+pub use api_store::{ApiStore, StoreError};
