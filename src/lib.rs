@@ -12,7 +12,6 @@
 //! service only sends commands and waits on snapshots.
 
 pub mod api;
-pub mod catalog;
 pub mod desired;
 pub mod reconcile;
 pub mod runtime;
@@ -28,10 +27,10 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::catalog::{Catalog, DiscoveryError};
 use crate::reconcile::PlanConfig;
 use crate::runtime::cgroup::Cgroups;
 use crate::runtime::controller::{Command, Controller, ControllerConfig, Watchers};
+use crate::sources::{Catalog, DiscoveryError};
 
 /// The name of this launcher's parent cgroup: one per state directory, so
 /// that a restarted launcher finds its instances and two launchers with

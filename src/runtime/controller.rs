@@ -26,14 +26,13 @@ use super::snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
 use super::spawn::{self, check_executable, describe_exit, signal_group};
 use super::supervise::{Exit, ProbeTarget, ProcEvent, supervise};
 use super::table::{self, Entry, ProcessTable};
-use crate::catalog::Catalog;
 use crate::desired::files::DesiredDoc;
 use crate::desired::{Declared, DesiredSet, Source};
 use crate::reconcile::observed::{
     ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest, Stopping,
 };
 use crate::reconcile::{Action, Observed, PlanConfig, plan};
-use crate::sources::ApiStore;
+use crate::sources::{ApiStore, Catalog};
 use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 use crate::watch::FileEvent;

@@ -1,6 +1,7 @@
 //! The input side of the launcher: everything it reads from outside to
 //! learn what it should run, turned into plain data for the controller.
 //!
+//! - [`catalog`]: the patterns directory -> the known patterns.
 //! - [`api_store`]: the API's declarations, kept under `--state-dir` so
 //!   that they survive a restart.
 //! - [`state_file`]: small JSON files under `--state-dir`, written
@@ -10,6 +11,8 @@
 //! for anything but debouncing; the controller owns every decision.
 
 pub mod api_store;
+pub mod catalog;
 pub mod state_file;
 
 pub use api_store::{ApiStore, StoreError};
+pub use catalog::{Catalog, DiscoveryError};

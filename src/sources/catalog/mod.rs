@@ -522,7 +522,7 @@ mod tests {
     fn a_rescan_without_descriptors_keeps_every_pattern() {
         const SEEN: &str = "rescan without descriptors kept the patterns";
         if !crate::test_util::in_child(
-            "catalog::tests::a_rescan_without_descriptors_keeps_every_pattern",
+            "sources::catalog::tests::a_rescan_without_descriptors_keeps_every_pattern",
             SEEN,
         ) {
             return;
