@@ -4,8 +4,6 @@
 //! Pure data and rules; persistence of API declarations is in
 //! [`crate::sources::api_store`].
 
-pub mod files;
-
 use std::collections::BTreeMap;
 use std::fmt;
 

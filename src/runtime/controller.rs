@@ -26,13 +26,12 @@ use super::snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
 use super::spawn::{self, check_executable, describe_exit, signal_group};
 use super::supervise::{Exit, ProbeTarget, ProcEvent, supervise};
 use super::table::{self, Entry, ProcessTable};
-use crate::desired::files::DesiredDoc;
 use crate::desired::{Declared, DesiredSet, Source};
 use crate::reconcile::observed::{
     ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest, Stopping,
 };
 use crate::reconcile::{Action, Observed, PlanConfig, plan};
-use crate::sources::{ApiStore, Catalog};
+use crate::sources::{ApiStore, Catalog, DesiredDoc};
 use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 use crate::watch::FileEvent;

@@ -2,6 +2,7 @@
 //! learn what it should run, turned into plain data for the controller.
 //!
 //! - [`catalog`]: the patterns directory -> the known patterns.
+//! - [`desired_dir`]: the desired directory -> each file's declarations.
 //! - [`api_store`]: the API's declarations, kept under `--state-dir` so
 //!   that they survive a restart.
 //! - [`state_file`]: small JSON files under `--state-dir`, written
@@ -12,7 +13,9 @@
 
 pub mod api_store;
 pub mod catalog;
+pub mod desired_dir;
 pub mod state_file;
 
 pub use api_store::{ApiStore, StoreError};
 pub use catalog::{Catalog, DiscoveryError};
+pub use desired_dir::DesiredDoc;
