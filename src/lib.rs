@@ -19,7 +19,6 @@ pub mod sources;
 pub mod spec;
 #[cfg(test)]
 mod test_util;
-pub mod watch;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -298,8 +297,8 @@ impl Launcher {
         sources::state_file::make_private(&self.state_dir);
         // Watch first, so that nothing changed during discovery is missed.
         let watchers = Watchers {
-            patterns: watch::watch_patterns(self.patterns_dir.clone(), self.rescan),
-            desired: watch::watch_desired(self.desired_dir.clone(), self.rescan),
+            patterns: sources::watch_patterns(self.patterns_dir.clone(), self.rescan),
+            desired: sources::watch_desired(self.desired_dir.clone(), self.rescan),
         };
         let (catalog, errors) = Catalog::discover(&self.patterns_dir);
         for e in &errors {

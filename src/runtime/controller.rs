@@ -31,10 +31,9 @@ use crate::reconcile::observed::{
     ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest, Stopping,
 };
 use crate::reconcile::{Action, Observed, PlanConfig, plan};
-use crate::sources::{ApiStore, Catalog, DesiredDoc};
+use crate::sources::{ApiStore, Catalog, DesiredDoc, FileEvent};
 use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
-use crate::watch::FileEvent;
 
 /// Lines of output quoted in an error.
 const ERROR_TAIL_LINES: usize = 5;

@@ -18,4 +18,5 @@ pub mod state_file;
 
 pub use api_store::{ApiStore, StoreError};
 pub use catalog::{Catalog, DiscoveryError};
-pub use desired_dir::DesiredDoc;
+pub use desired_dir::watcher::watch_patterns;
+pub use desired_dir::{DesiredDoc, FileEvent, watch_desired};

@@ -7,5 +7,7 @@
 //! unknown patterns, replacing a file's declarations are the controller's).
 
 pub mod parse;
+pub mod watcher;
 
 pub use parse::{DesiredDoc, is_candidate, parse_desired};
+pub use watcher::{FileEvent, watch_desired};

@@ -28,7 +28,7 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::sources::desired_dir::{DesiredDoc, is_candidate, parse_desired};
+use super::parse::{DesiredDoc, is_candidate, parse_desired};
 use crate::spec::yaml::{MAX_FILE_BYTES, YamlError};
 
 /// How long a file must stay untouched after a plain modification (or a
