@@ -14,6 +14,7 @@
 pub mod api_store;
 pub mod catalog;
 pub mod desired_dir;
+mod fsnotify;
 pub mod state_file;
 
 pub use api_store::{ApiStore, StoreError};

@@ -21,38 +21,25 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
+use notify::EventKind;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::parse::{DesiredDoc, is_candidate, parse_desired};
+use crate::sources::fsnotify::{DirWatch, Inotify, LIVENESS, MIN_RESCAN, QUIET, Raw, absolute};
 use crate::spec::yaml::{MAX_FILE_BYTES, YamlError};
 
-/// How long a file must stay untouched after a plain modification (or a
-/// creation) before it is read, when no close-after-write says the writer
-/// is done.
-pub const QUIET: Duration = Duration::from_millis(100);
-
-/// The same, for a file some writer opened (created or wrote to) and has
-/// not closed yet: a writer that pauses mid-file is given this long.
+/// The same as [`QUIET`], for a file some writer opened (created or wrote
+/// to) and has not closed yet: a writer that pauses mid-file is given this
+/// long.
 pub const WRITER_QUIET: Duration = Duration::from_secs(1);
 
 /// [`watch_patterns`] sends at the latest this long after the first of a
 /// stream of changes, even when the stream never goes quiet (a pattern
 /// writing into its own directory, say).
 pub const MAX_COALESCE: Duration = Duration::from_secs(1);
-
-/// Shortest rescan interval honoured (a zero interval would spin).
-const MIN_RESCAN: Duration = Duration::from_millis(10);
-
-/// Longest a watcher sleeps before checking that its receiver still lives.
-const LIVENESS: Duration = Duration::from_millis(500);
-
-/// Most raw events handled in a row before timers and rescans get a turn.
-const MAX_BATCH: usize = 4096;
 
 /// [`FileEvent::Synced`] comes at the latest this long after start, even
 /// if a file that was there keeps being written and is not reported yet.
@@ -130,135 +117,6 @@ pub fn watch_patterns(dir: PathBuf, rescan_every: Duration) -> UnboundedReceiver
         tracing::error!("cannot start the patterns watcher: {e}");
     }
     rx
-}
-
-// ---------------------------------------------------------------------------
-// inotify, shared by both watchers
-
-type Raw = notify::Result<Event>;
-
-/// One inotify instance and the queue its events arrive on.
-struct Inotify {
-    watcher: Option<RecommendedWatcher>,
-    rx: mpsc::Receiver<Raw>,
-    /// Kept so that `rx` never reports a disconnection, even without a
-    /// watcher.
-    _tx: mpsc::Sender<Raw>,
-}
-
-impl Inotify {
-    fn new(what: &Path) -> Inotify {
-        let (tx, rx) = mpsc::channel();
-        let cb = tx.clone();
-        let watcher = match notify::recommended_watcher(move |r: Raw| {
-            let _ = cb.send(r);
-        }) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot create a file watcher for {} ({e}); relying on periodic rescans",
-                    what.display()
-                );
-                None
-            }
-        };
-        Inotify {
-            watcher,
-            rx,
-            _tx: tx,
-        }
-    }
-
-    /// Watches `path` (not recursively).
-    fn watch(&mut self, path: &Path) -> Result<(), String> {
-        match &mut self.watcher {
-            Some(w) => w
-                .watch(path, RecursiveMode::NonRecursive)
-                .map_err(|e| e.to_string()),
-            None => Err("no file watcher".into()),
-        }
-    }
-
-    /// Stops watching `path` (quietly: it may be gone already).
-    fn unwatch(&mut self, path: &Path) {
-        if let Some(w) = &mut self.watcher {
-            let _ = w.unwatch(path);
-        }
-    }
-
-    /// The next event, waiting until `deadline` at most.
-    fn recv_until(&self, deadline: Instant) -> Option<Raw> {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        self.rx.recv_timeout(wait).ok()
-    }
-
-    /// Events already queued, without waiting.
-    fn ready(&self) -> impl Iterator<Item = Raw> + '_ {
-        self.rx.try_iter().take(MAX_BATCH)
-    }
-}
-
-/// Identity of a directory, to notice one deleted and created again.
-fn dir_id(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .filter(Metadata::is_dir)
-        .map(|m| (m.dev(), m.ino()))
-}
-
-/// Keeps a watch on one directory, re-establishing it when the directory
-/// appears or is replaced; warns once per distinct failure.
-struct DirWatch {
-    path: PathBuf,
-    id: Option<(u64, u64)>,
-    warned: Option<String>,
-}
-
-impl DirWatch {
-    fn new(path: PathBuf) -> DirWatch {
-        DirWatch {
-            path,
-            id: None,
-            warned: None,
-        }
-    }
-
-    /// Makes sure the watch is on the directory now at `path`.
-    fn ensure(&mut self, inotify: &mut Inotify) {
-        let now = dir_id(&self.path);
-        if now.is_some() && now == self.id {
-            return;
-        }
-        if self.id.is_some() {
-            inotify.unwatch(&self.path);
-            self.id = None;
-        }
-        let result = match now {
-            None => Err("not a directory (yet)".to_string()),
-            Some(_) => inotify.watch(&self.path),
-        };
-        match result {
-            Ok(()) => {
-                if self.warned.take().is_some() {
-                    tracing::info!("watching {} again", self.path.display());
-                }
-                self.id = now;
-            }
-            Err(e) => {
-                if self.warned.as_deref() != Some(e.as_str()) {
-                    tracing::warn!(
-                        "cannot watch {} ({e}); relying on periodic rescans",
-                        self.path.display()
-                    );
-                    self.warned = Some(e);
-                }
-            }
-        }
-    }
-}
-
-fn absolute(dir: &Path) -> PathBuf {
-    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 // ---------------------------------------------------------------------------
@@ -1042,6 +900,7 @@ fn fingerprint(root: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use notify::Event;
     use std::collections::BTreeMap;
 
     /// Generous: the watchers answer in milliseconds, CI machines are slow.
