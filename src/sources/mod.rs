@@ -18,6 +18,5 @@ mod fsnotify;
 pub mod state_file;
 
 pub use api_store::{ApiStore, StoreError};
-pub use catalog::{Catalog, DiscoveryError};
-pub use desired_dir::watcher::watch_patterns;
+pub use catalog::{Catalog, DiscoveryError, watch_patterns};
 pub use desired_dir::{DesiredDoc, FileEvent, watch_desired};

@@ -4,7 +4,12 @@
 //! Reads manifests and hashes executables; decides nothing about
 //! instances. A manifest that becomes invalid keeps its last good version
 //! in the catalog; a directory, manifest or executable that cannot be read
-//! (for any reason but being gone) changes nothing.
+//! (for any reason but being gone) changes nothing. When to look again is
+//! [`watcher`]'s to say.
+
+pub mod watcher;
+
+pub use watcher::watch_patterns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
