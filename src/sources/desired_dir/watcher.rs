@@ -24,7 +24,8 @@ use notify::EventKind;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::parse::{DesiredDoc, is_candidate, parse_desired};
+use super::FileEvent;
+use super::parse::{is_candidate, parse_desired};
 use crate::sources::fsnotify::{DirWatch, Inotify, LIVENESS, MIN_RESCAN, QUIET, Raw, absolute};
 use crate::spec::yaml::{MAX_FILE_BYTES, YamlError};
 
@@ -40,29 +41,6 @@ pub const SYNC_PATIENCE: Duration = Duration::from_secs(3);
 /// Longest wait for the desired watcher's ordering barrier (normally
 /// microseconds; only a stalled notify thread makes it this long).
 const BARRIER_WAIT: Duration = Duration::from_secs(1);
-
-/// What [`watch_desired`] reports about one file of the directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileEvent {
-    /// A candidate file's content is new or changed since it was last
-    /// reported (or it could not be read, or no longer can).
-    Changed {
-        /// File name inside the directory.
-        name: String,
-        /// Its documents, or why they cannot be had (read or parse error,
-        /// naming the file and, where known, the line).
-        result: Result<Vec<DesiredDoc>, YamlError>,
-    },
-    /// A file that was reported before is gone (deleted, or renamed away).
-    Removed {
-        /// File name inside the directory.
-        name: String,
-    },
-    /// Sent once, after the events of the first full scan: from here on
-    /// the receiver has seen every file that was there at start (a file
-    /// modified just before start is waited for, up to [`SYNC_PATIENCE`]).
-    Synced,
-}
 
 /// Watches the desired-state directory `dir` (not recursively) and reports
 /// every candidate file ([`is_candidate`]) once at start, then each change
