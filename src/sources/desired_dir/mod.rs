@@ -1,13 +1,14 @@
 //! The desired directory (`desired/*.yaml`, SPEC §4) as a source: which
-//! files count and what their text means ([`parse`], pure), and the
-//! [`watcher`] that tells the controller what changed, as [`FileEvent`]s
-//! (plain data).
+//! files count and what their text means ([`parse`], pure), reading one
+//! file without blocking (`read`), and the [`watcher`] that tells the
+//! controller what changed, as [`FileEvent`]s (plain data).
 //!
 //! Owns the file format and reading the directory; it never writes there,
 //! and never decides what a file means for the desired set (conflicts,
 //! unknown patterns, replacing a file's declarations are the controller's).
 
 pub mod parse;
+mod read;
 pub mod watcher;
 
 pub use parse::{DesiredDoc, is_candidate, parse_desired};

@@ -13,12 +13,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Read as _;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use notify::EventKind;
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
@@ -26,8 +24,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::FileEvent;
 use super::parse::{is_candidate, parse_desired};
+use super::read::{Contents, FileId, modified_within, read_file};
 use crate::sources::fsnotify::{DirWatch, Inotify, LIVENESS, MIN_RESCAN, QUIET, Raw, absolute};
-use crate::spec::yaml::{MAX_FILE_BYTES, YamlError};
 
 /// The same as [`QUIET`], for a file some writer opened (created or wrote
 /// to) and has not closed yet: a writer that pauses mid-file is given this
@@ -76,116 +74,16 @@ enum Seen {
     Failed(String),
 }
 
-/// Metadata that changes whenever the file's content may have: a rescan
-/// skips reading a file whose metadata is what it was when last read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileId {
-    fn of(m: &Metadata) -> FileId {
-        FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Known {
     seen: Seen,
     id: Option<FileId>,
 }
 
-/// A file as it is now.
-enum Contents {
-    /// No such file.
-    Absent,
-    /// The file, read or not.
-    Got {
-        /// Its metadata when it could be opened.
-        id: Option<FileId>,
-        /// Whether it was opened (which inotify reports).
-        opened: bool,
-        text: Result<String, YamlError>,
-    },
-}
-
-/// Reads a desired-state file like [`crate::spec::yaml::read_limited`]
-/// does, but without ever blocking: the file is opened non-blocking and
-/// must be a regular file (a FIFO named `x.yaml` would hang a plain open).
-fn read_file(path: &Path, display: &str) -> Contents {
-    let failed = |id, opened, message: String| Contents::Got {
-        id,
-        opened,
-        text: Err(YamlError::file(display, message)),
-    };
-    let file: File = match OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Contents::Absent;
-        }
-        Err(e) => return failed(None, false, e.to_string()),
-    };
-    let meta = match file.metadata() {
-        Ok(m) => m,
-        Err(e) => return failed(None, true, e.to_string()),
-    };
-    if !meta.is_file() {
-        return failed(None, true, "not a regular file".into());
-    }
-    let id = Some(FileId::of(&meta));
-    let mut buf = Vec::new();
-    if let Err(e) = file.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf) {
-        return failed(id, true, e.to_string());
-    }
-    if buf.len() as u64 > MAX_FILE_BYTES {
-        return failed(
-            id,
-            true,
-            format!("file is larger than the limit of {MAX_FILE_BYTES} bytes"),
-        );
-    }
-    match String::from_utf8(buf) {
-        Ok(text) => Contents::Got {
-            id,
-            opened: true,
-            text: Ok(text),
-        },
-        Err(e) => failed(id, true, format!("not UTF-8: {e}")),
-    }
-}
-
 fn hash_text(text: &str) -> u64 {
     let mut h = DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
-}
-
-/// True when the file was modified less than `within` ago (a timestamp in
-/// the future counts as old, or it would be deferred forever).
-fn modified_within(m: &Metadata, within: Duration) -> bool {
-    m.modified()
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|age| age < within)
 }
 
 /// Why a file is looked at.
@@ -677,8 +575,10 @@ impl DesiredWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::yaml::MAX_FILE_BYTES;
     use notify::Event;
     use std::collections::BTreeMap;
+    use std::path::Path;
 
     /// Generous: the watcher answers in milliseconds, CI machines are slow.
     const PATIENCE: Duration = Duration::from_secs(10);
