@@ -11,6 +11,9 @@ pub mod parse;
 mod read;
 pub mod watcher;
 
+#[cfg(test)]
+mod tests;
+
 pub use parse::{DesiredDoc, is_candidate, parse_desired};
 pub use watcher::watch_desired;
 
