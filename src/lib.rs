@@ -3,13 +3,32 @@
 //!
 //! # Theory of operation
 //!
-//! Sources (gRPC calls, and later `desired/` files) write one desired set.
+//! Sources (gRPC calls, files in `desired/`) write one desired set.
 //! The controller task owns that set, the pattern catalog and the observed
 //! process table. Each pass of its loop asks the pure planner
-//! ([`reconcile::plan`]) what to do, carries the actions out (spawn,
+//! ([`reconcile::plan()`]) what to do, carries the actions out (spawn,
 //! signal, forget), and publishes a snapshot on a `watch` channel. Process
 //! supervisors report exits and probe results back as events. The gRPC
 //! service only sends commands and waits on snapshots.
+//!
+//! # Where to look
+//!
+//! - [`spec`]: the vocabulary, pure: manifests, instance identity and
+//!   specs, validation, quantities, the YAML budgets.
+//! - [`sources`]: the input side, as plain data: `desired/` (the file
+//!   format and its watcher), `patterns/` (the catalog and its watcher),
+//!   the stored API declarations, atomic state files. Reads; decides
+//!   nothing.
+//! - [`desired`]: the desired set: every instance some source declares,
+//!   and who declares it. Pure.
+//! - [`reconcile`]: the pure planner, (desired, catalog, observed, now) ->
+//!   actions, with the observed table's shape and backoff.
+//! - [`runtime`]: everything that touches processes: spawn, supervisors
+//!   (exit, probes), ports, logs, cgroups, the process table; the
+//!   controller loop is `runtime/controller.rs`.
+//! - [`api`]: the gRPC service, wire conversions, the bounded listener.
+//! - this file: [`Launcher`] (settings, start-up, shutdown) and the
+//!   generated [`proto`] types; `main.rs` is the command line.
 
 pub mod api;
 pub mod desired;
