@@ -3,25 +3,45 @@
 //!
 //! # Theory of operation
 //!
-//! Sources (gRPC calls, and later `desired/` files) write one desired set.
+//! Sources (gRPC calls, files in `desired/`) write one desired set.
 //! The controller task owns that set, the pattern catalog and the observed
 //! process table. Each pass of its loop asks the pure planner
-//! ([`reconcile::plan`]) what to do, carries the actions out (spawn,
+//! ([`reconcile::plan()`]) what to do, carries the actions out (spawn,
 //! signal, forget), and publishes a snapshot on a `watch` channel. Process
 //! supervisors report exits and probe results back as events. The gRPC
 //! service only sends commands and waits on snapshots.
+//!
+//! # Where to look
+//!
+//! - [`spec`]: the vocabulary, pure: manifests, instance identity and
+//!   specs, validation, quantities, the YAML budgets.
+//! - [`sources`]: the input side, as plain data: `desired/` (the file
+//!   format and its watcher), `patterns/` (the catalog and its watcher),
+//!   the stored API declarations, atomic state files. Reads; decides
+//!   nothing.
+//! - [`desired`]: the desired set: every instance some source declares,
+//!   and who declares it. Pure.
+//! - [`reconcile`]: every decision, pure: the planner, (desired, catalog,
+//!   observed, now) -> actions; the transitions (what an exit, a probe, a
+//!   start or a stop means); the orphan sweep; backoff.
+//! - [`controller`]: the reconcile loop and the state it owns; it carries
+//!   decisions out through a runtime and publishes snapshots.
+//! - [`runtime`]: everything that touches the operating system, behind the
+//!   [`runtime::Runtime`] trait: spawn, supervisors (exit, probes), ports,
+//!   logs, cgroups, the process table, discovery of running instances.
+//! - [`api`]: the gRPC service, wire conversions, the bounded listener.
+//! - this file: [`Launcher`] (settings, start-up, shutdown) and the
+//!   generated [`proto`] types; `main.rs` is the command line.
 
 pub mod api;
-pub mod catalog;
 pub mod controller;
 pub mod desired;
 pub mod reconcile;
 pub mod runtime;
+pub mod sources;
 pub mod spec;
-pub mod state_file;
 #[cfg(test)]
 mod test_util;
-pub mod watch;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -29,10 +49,10 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::catalog::{Catalog, DiscoveryError};
 use crate::controller::{Command, Controller, ControllerConfig, Watchers};
 use crate::reconcile::PlanConfig;
 use crate::runtime::cgroup::Cgroups;
+use crate::sources::{Catalog, DiscoveryError};
 
 /// The name of this launcher's parent cgroup: one per state directory, so
 /// that a restarted launcher finds its instances and two launchers with
@@ -297,11 +317,11 @@ impl Launcher {
                 source,
             })?;
         }
-        state_file::make_private(&self.state_dir);
+        sources::state_file::make_private(&self.state_dir);
         // Watch first, so that nothing changed during discovery is missed.
         let watchers = Watchers {
-            patterns: watch::watch_patterns(self.patterns_dir.clone(), self.rescan),
-            desired: watch::watch_desired(self.desired_dir.clone(), self.rescan),
+            patterns: sources::watch_patterns(self.patterns_dir.clone(), self.rescan),
+            desired: sources::watch_desired(self.desired_dir.clone(), self.rescan),
         };
         let (catalog, errors) = Catalog::discover(&self.patterns_dir);
         for e in &errors {

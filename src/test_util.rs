@@ -7,7 +7,7 @@ use std::fs::File;
 const CHILD: &str = "PRISM_UNIT_TEST_CHILD";
 
 /// In the test process: runs the test `name` (its full path, like
-/// `catalog::tests::x`) again in a child process of this test binary,
+/// `sources::catalog::tests::x`) again in a child process of this test binary,
 /// asserts that it passed and printed `marker`, and returns false. In that
 /// child: returns true, and the caller does the work and prints `marker`.
 pub fn in_child(name: &str, marker: &str) -> bool {

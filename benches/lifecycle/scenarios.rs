@@ -1778,10 +1778,10 @@ pub mod planner_inputs {
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
-    use prism_launcher::catalog::Catalog;
     use prism_launcher::desired::{DesiredSet, Source};
     use prism_launcher::reconcile::observed::{Ports, ProcessInfo};
     use prism_launcher::reconcile::{Observed, ObservedInstance, Phase, Plan, PlanConfig, plan};
+    use prism_launcher::sources::Catalog;
     use prism_launcher::spec::manifest::{HealthCheck, Pattern, Resources};
     use prism_launcher::spec::{InstanceKey, InstanceSpec, Isolation};
 

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::snapshot::Snapshot;
 use crate::reconcile::PlanConfig;
+use crate::sources::FileEvent;
 use crate::spec::{InstanceSpec, Isolation};
-use crate::watch::FileEvent;
 
 /// A LaunchPattern as the controller receives it.
 #[derive(Debug, Clone)]
@@ -158,5 +158,5 @@ pub enum SetupError {
     Runtime(#[from] crate::runtime::linux::LinuxSetupError),
     /// The persisted API declarations cannot be read.
     #[error("cannot load API declarations: {0}")]
-    Store(crate::state_file::StateFileError),
+    Store(crate::sources::state_file::StateFileError),
 }

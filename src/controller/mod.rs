@@ -40,8 +40,6 @@ pub use handle::{
     Watchers,
 };
 
-use crate::catalog::Catalog;
-use crate::desired::files::DesiredDoc;
 use crate::desired::{Declared, DesiredSet, Source};
 use crate::reconcile::observed::{ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest};
 use crate::reconcile::orphans::{CgroupView, OrphanAction, Orphans};
@@ -55,9 +53,11 @@ use crate::runtime::spawn::describe_exit;
 use crate::runtime::supervise::ProcEvent;
 use crate::runtime::table::Entry;
 use crate::runtime::{Runtime, StartRequest};
+use crate::sources::Catalog;
+use crate::sources::DesiredDoc;
+use crate::sources::FileEvent;
 use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec};
-use crate::watch::FileEvent;
 use snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
 
 /// The loop runs at least this often, whatever happens.

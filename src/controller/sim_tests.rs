@@ -16,14 +16,14 @@ use super::{
     Accepted, Command, CommandError, Controller, ControllerConfig, ControllerHandle, LaunchParams,
     Watchers,
 };
-use crate::catalog::Catalog;
-use crate::desired::files::DesiredDoc;
 use crate::reconcile::PlanConfig;
 use crate::reconcile::observed::{Phase, Ports};
 use crate::runtime::discover::{self, Found};
 use crate::runtime::fake::{Behaviour, Call, FakeRuntime, killed_by};
+use crate::sources::Catalog;
+use crate::sources::DesiredDoc;
+use crate::sources::FileEvent;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
-use crate::watch::FileEvent;
 
 /// Longest a simulated wait may take (virtual time).
 const PATIENCE: Duration = Duration::from_secs(600);

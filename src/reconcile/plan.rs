@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use super::backoff;
 use super::observed::{Observed, ObservedInstance, Phase, StopReason};
-use crate::catalog::Catalog;
 use crate::desired::{DesiredInstance, DesiredSet};
+use crate::sources::Catalog;
 
 /// Tunables of the lifecycle (SPEC §6 defaults in [`Default`]).
 #[derive(Debug, Clone, Copy, PartialEq)]

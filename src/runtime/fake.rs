@@ -21,9 +21,9 @@ use super::supervise::ProcEvent;
 use super::table::Entry;
 use super::{Runtime, StartRequest, Started};
 use crate::reconcile::transitions::ExitFacts;
+use crate::sources::state_file::StateFileError;
 use crate::spec::InstanceSpec;
 use crate::spec::manifest::Pattern;
-use crate::state_file::StateFileError;
 
 /// How a fake process behaves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -18,12 +18,12 @@ use super::spawn::{self, SpawnError, signal_group};
 use super::supervise::{Exit, ProbeTarget, ProcEvent, supervise};
 use super::table::{self, Entry, ProcessTable};
 use super::{Runtime, StartRequest, Started};
-use crate::desired::api_store::ApiStore;
 use crate::reconcile::observed::Ports;
 use crate::reconcile::transitions::ExitFacts;
+use crate::sources::ApiStore;
+use crate::sources::state_file::StateFileError;
 use crate::spec::InstanceSpec;
 use crate::spec::manifest::Pattern;
-use crate::state_file::StateFileError;
 
 /// Lines of output quoted in an error.
 const ERROR_TAIL_LINES: usize = 5;

@@ -25,9 +25,9 @@ use nix::sys::signal::Signal;
 
 use crate::reconcile::observed::Ports;
 use crate::reconcile::transitions::ExitFacts;
+use crate::sources::state_file::StateFileError;
 use crate::spec::InstanceSpec;
 use crate::spec::manifest::Pattern;
-use crate::state_file::StateFileError;
 
 pub use cgroup::{CgroupError, Limits};
 pub use discover::Found;

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::reconcile::observed::Ports;
+use crate::sources::state_file::{JsonFile, StateFileError};
 use crate::spec::InstanceSpec;
-use crate::state_file::{JsonFile, StateFileError};
 
 /// File name inside the state directory.
 pub const TABLE_FILE: &str = "processes.json";

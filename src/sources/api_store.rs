@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use crate::sources::state_file::{JsonFile, StateFileError};
 use crate::spec::InstanceSpec;
-use crate::state_file::{JsonFile, StateFileError};
 
 /// File name inside the state directory.
 pub const API_STORE_FILE: &str = "api-instances.json";

@@ -3,6 +3,9 @@
 //! fsync, rename, fsync of the directory), so a crash never leaves half a
 //! file and a failed write (a full disk) leaves no temp file. Files are
 //! mode 0600 whatever the umask. Errors carry the path.
+//!
+//! Knows nothing of what the files hold beyond their serde types, nor of
+//! processes.
 
 use std::fs::{File, Permissions};
 use std::io::Write;

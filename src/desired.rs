@@ -1,10 +1,8 @@
 //! The desired set: every instance that some source (the API, a file in
 //! `desired/`) declares, with who declares it.
 //!
-//! Pure data and rules; persistence of API declarations is in [`api_store`].
-
-pub mod api_store;
-pub mod files;
+//! Pure data and rules; persistence of API declarations is in
+//! [`crate::sources::api_store`].
 
 use std::collections::BTreeMap;
 use std::fmt;

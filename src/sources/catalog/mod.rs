@@ -4,7 +4,12 @@
 //! Reads manifests and hashes executables; decides nothing about
 //! instances. A manifest that becomes invalid keeps its last good version
 //! in the catalog; a directory, manifest or executable that cannot be read
-//! (for any reason but being gone) changes nothing.
+//! (for any reason but being gone) changes nothing. When to look again is
+//! [`watcher`]'s to say.
+
+pub mod watcher;
+
+pub use watcher::watch_patterns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hasher;
@@ -522,7 +527,7 @@ mod tests {
     fn a_rescan_without_descriptors_keeps_every_pattern() {
         const SEEN: &str = "rescan without descriptors kept the patterns";
         if !crate::test_util::in_child(
-            "catalog::tests::a_rescan_without_descriptors_keeps_every_pattern",
+            "sources::catalog::tests::a_rescan_without_descriptors_keeps_every_pattern",
             SEEN,
         ) {
             return;

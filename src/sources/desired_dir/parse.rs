@@ -3,7 +3,7 @@
 //! desired-state files at all.
 //!
 //! Pure: it parses the text it is given and never touches the file system
-//! (reading and watching are [`crate::watch`]'s) nor the catalog. Whether
+//! (reading and watching are [`super::watcher`]'s) nor the catalog. Whether
 //! the pattern exists, the isolation level a document leaves to the
 //! manifest, and two documents that declare one instance are the caller's
 //! to check.
