@@ -33,6 +33,8 @@
 //! - this file: [`Launcher`] (settings, start-up, shutdown) and the
 //!   generated [`proto`] types; `main.rs` is the command line.
 
+#![deny(unsafe_code)]
+
 pub mod api;
 pub mod controller;
 pub mod desired;

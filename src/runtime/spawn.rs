@@ -224,6 +224,71 @@ const SH: &std::ffi::CStr = c"/bin/sh";
 /// Stack of the child until it execs; it runs a few small frames.
 const CHILD_STACK: usize = 64 * 1024;
 
+/// The child's stack: an anonymous mapping with a `PROT_NONE` guard page
+/// below it (stacks grow down), unmapped when dropped.
+struct ChildStack {
+    base: *mut nix::libc::c_void,
+    len: usize,
+    page: usize,
+}
+
+impl ChildStack {
+    #[allow(unsafe_code)] // mmap/mprotect of a fresh private mapping we own
+    fn new() -> std::io::Result<ChildStack> {
+        use nix::libc;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or(4096);
+        let len = CHILD_STACK + page;
+        // SAFETY: a new anonymous private mapping; no existing memory is
+        // touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len, page };
+        // SAFETY: the lowest page of the mapping just made.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The usable part, above the guard page.
+    #[allow(unsafe_code)] // a slice of the mapping this value owns
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: [base + page, base + len) is mapped read-write, owned by
+        // self and borrowed mutably for the slice's life.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.cast::<u8>().add(self.page),
+                self.len - self.page,
+            )
+        }
+    }
+}
+
+impl Drop for ChildStack {
+    #[allow(unsafe_code)] // unmapping the mapping this value owns
+    fn drop(&mut self) {
+        // SAFETY: base/len are the mapping made in `new`, unmapped once.
+        unsafe {
+            nix::libc::munmap(self.base, self.len);
+        }
+    }
+}
+
 fn nul_free(bytes: &[u8]) -> std::io::Result<CString> {
     CString::new(bytes).map_err(|_| {
         std::io::Error::new(
@@ -320,7 +385,7 @@ impl ChildSetup {
         let stage = AtomicI32::new(STAGE_NONE);
         let errno = AtomicI32::new(0);
         let joined = AtomicBool::new(true);
-        let mut stack = vec![0u8; CHILD_STACK];
+        let mut stack = ChildStack::new()?;
         // No signal handler of the launcher may run in the child while it
         // shares our memory: block everything around the clone; the child
         // resets the handlers before it unblocks.
@@ -333,14 +398,19 @@ impl ChildSetup {
         let flags = CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
         // SAFETY: with CLONE_VFORK this thread is suspended until the child
         // execs or exits, so everything the child reads (self, the
-        // atomics, its stack) outlives its use. The child only calls
-        // async-signal-safe functions and allocates nothing, so it never
-        // takes a lock another launcher thread may hold; it ends in execve
-        // or _exit and never returns into our code.
+        // atomics, its stack) outlives its use. The child shares our
+        // address space but has no thread of its own: it runs on this
+        // thread's TLS (errno included) and our heap. So it must make no
+        // allocation, take no lock (another launcher thread may hold it),
+        // not panic (unwinding would run our code on its stack) and use no
+        // thread-local; it calls only async-signal-safe functions on memory
+        // prepared before the clone, and ends in execve or _exit, never
+        // returning into our code. Its stack has a guard page below it, so
+        // an overflow faults instead of writing over our memory.
         let cloned = unsafe {
             nix::sched::clone(
                 Box::new(|| self.in_child(&stage, &errno, &joined)),
-                &mut stack,
+                stack.as_mut_slice(),
                 flags,
                 Some(nix::libc::SIGCHLD),
             )
@@ -743,6 +813,30 @@ mod tests {
             describe_exit(std::process::ExitStatus::from_raw(1 << 8)),
             "exited with status 1"
         );
+    }
+
+    #[test]
+    fn the_child_stack_has_a_guard_page_below_it() {
+        let mut stack = ChildStack::new().unwrap();
+        let usable = stack.as_mut_slice();
+        assert_eq!(usable.len(), CHILD_STACK);
+        usable[0] = 1; // the lowest usable byte is writable
+        let lowest = usable.as_ptr() as usize;
+        let guard = lowest - stack.page;
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| {
+                let (range, _) = l.split_once(' ').unwrap();
+                let (a, b) = range.split_once('-').unwrap();
+                let (a, b) = (
+                    usize::from_str_radix(a, 16).unwrap(),
+                    usize::from_str_radix(b, 16).unwrap(),
+                );
+                a <= guard && guard < b
+            })
+            .expect("the guard page is mapped");
+        assert!(line.contains(" ---p "), "not a guard page: {line}");
     }
 
     #[test]
