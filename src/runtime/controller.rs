@@ -300,7 +300,7 @@ impl Controller {
             started,
             plan: cfg.plan,
         };
-        let echo = LogEcho::start(&logs_dir);
+        let echo = LogEcho::start(&logs_dir, logs::DEFAULT_MAX_LOG_BYTES);
         let ports = PortAllocator::new(cfg.port_range.clone(), super::ports::os_bindable);
         let table = ProcessTable::new(&cfg.state_dir);
         // A table that cannot be read costs the adoption, not the start:
