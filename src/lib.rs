@@ -154,6 +154,7 @@ pub struct Launcher {
     rescan: Duration,
     orphan_sweep: Duration,
     keep_instances_on_exit: bool,
+    log_max_bytes: u64,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -222,6 +223,11 @@ impl LauncherBuilder {
         self.0.keep_instances_on_exit = on;
         self
     }
+    /// `--log-max-bytes`: the size at which an instance's log is rotated.
+    pub fn log_max_bytes(mut self, bytes: u64) -> Self {
+        self.0.log_max_bytes = bytes;
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -242,6 +248,7 @@ impl Launcher {
             rescan: Duration::from_secs(10),
             orphan_sweep: Duration::from_secs(60),
             keep_instances_on_exit: false,
+            log_max_bytes: runtime::logs::DEFAULT_MAX_LOG_BYTES,
         })
     }
 
@@ -310,6 +317,7 @@ impl Launcher {
                 cgroups,
                 orphan_sweep: self.orphan_sweep,
                 keep_instances_on_exit: self.keep_instances_on_exit,
+                log_max_bytes: self.log_max_bytes,
             },
             catalog,
             errors.iter().map(ToString::to_string).collect(),

@@ -57,6 +57,19 @@ struct Flags {
     /// launcher with the same --state-dir to adopt.
     #[arg(long)]
     keep_instances_on_exit: bool,
+    /// Size at which an instance's log file is rotated (copied to
+    /// `<file>.1`, then emptied): bytes, or a quantity like 16Mi.
+    #[arg(long, default_value = "16Mi", value_parser = parse_log_max)]
+    log_max_bytes: u64,
+}
+
+fn parse_log_max(s: &str) -> Result<u64, String> {
+    use prism_launcher::runtime::logs::MIN_LOG_BYTES;
+    let bytes = prism_launcher::spec::quantity::parse_memory(s)?;
+    if bytes < MIN_LOG_BYTES {
+        return Err(format!("{s:?}: at least {MIN_LOG_BYTES} bytes (64Ki)"));
+    }
+    Ok(bytes)
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -128,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         .rolling_restart(!flags.no_rolling_restart)
         .orphan_sweep(flags.orphan_sweep_interval)
         .keep_instances_on_exit(flags.keep_instances_on_exit)
+        .log_max_bytes(flags.log_max_bytes)
         .build()
         .run(shutdown)
         .await

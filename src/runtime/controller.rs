@@ -155,6 +155,8 @@ pub struct ControllerConfig {
     pub orphan_sweep: Duration,
     /// Leave instances running on shutdown, for the next launcher.
     pub keep_instances_on_exit: bool,
+    /// `--log-max-bytes`: the size at which an instance's log is rotated.
+    pub log_max_bytes: u64,
 }
 
 /// Handles to talk to a running controller.
@@ -300,7 +302,7 @@ impl Controller {
             started,
             plan: cfg.plan,
         };
-        let echo = LogEcho::start(&logs_dir, logs::DEFAULT_MAX_LOG_BYTES);
+        let echo = LogEcho::start(&logs_dir, cfg.log_max_bytes);
         let ports = PortAllocator::new(cfg.port_range.clone(), super::ports::os_bindable);
         let table = ProcessTable::new(&cfg.state_dir);
         // A table that cannot be read costs the adoption, not the start:
