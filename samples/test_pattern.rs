@@ -1,6 +1,7 @@
 //! `test-pattern`: the configurable pattern the launcher's tests drive. Its behaviour is chosen
 //! by `TEST_*` environment variables (exit codes, health delays and failures, SIGTERM handling,
-//! child processes in the same group / a new session / double-forked, memory and CPU use);
+//! child processes in the same group / a new session / double-forked, memory and CPU use,
+//! stdout written flat out);
 //! without any it behaves like `config-lookup`. `test-pattern --child` is the long-lived child
 //! it spawns: it only sleeps.
 //!
@@ -14,6 +15,7 @@ use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
 use std::hint::black_box;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,18 @@ struct Config {
     alloc_mib: Option<usize>,
     busy: bool,
     fork_bomb: Option<usize>,
+    flood: Option<Flood>,
+    flood_for: Option<Duration>,
+    flood_done_file: Option<PathBuf>,
+}
+
+/// What `TEST_FLOOD` writes to stdout, as fast as it can.
+#[derive(Clone, Copy)]
+enum Flood {
+    /// Lines of about 100 bytes.
+    Newline,
+    /// One endless line.
+    NoNewline,
 }
 
 impl Config {
@@ -86,6 +100,13 @@ impl Config {
             alloc_mib: number("TEST_ALLOC_MB", "a number of MiB"),
             busy: flag("TEST_BUSY"),
             fork_bomb: number("TEST_FORK_BOMB", "a number of children"),
+            flood: raw("TEST_FLOOD").map(|value| match value.as_str() {
+                "newline" => Flood::Newline,
+                "nonewline" => Flood::NoNewline,
+                _ => bad("TEST_FLOOD", &value, "newline or nonewline"),
+            }),
+            flood_for: millis("TEST_FLOOD_MS"),
+            flood_done_file: path("TEST_FLOOD_DONE_FILE"),
         }
     }
 }
@@ -154,6 +175,16 @@ fn main() {
             }
         });
     }
+    if let Some(kind) = cfg.flood {
+        let until = cfg.flood_for.map(|d| start + d);
+        let done_file = cfg.flood_done_file.clone();
+        spawn(move || {
+            let written = flood(kind, until);
+            if let Some(file) = &done_file {
+                write_atomically(file, &written.to_string(), "TEST_FLOOD_DONE_FILE");
+            }
+        });
+    }
     common::sleep_forever();
 }
 
@@ -183,6 +214,32 @@ fn fork_bomb(n: usize) {
         "{NAME} fork bomb: {started} of {n} children started, {} refused",
         n - started
     ));
+}
+
+/// `TEST_FLOOD`: writes stdout flat out until `until` (for ever without `TEST_FLOOD_MS`), 8 KiB
+/// at a time as a buffered program printing in a loop does (lines, or one endless line), then
+/// ends the line, says `flood done` and returns the number of bytes written (also written to
+/// `TEST_FLOOD_DONE_FILE`: the last line may go with a rotation of the log).
+fn flood(kind: Flood, until: Option<Instant>) -> u64 {
+    let line = format!("{NAME} flood line {}\n", "x".repeat(80));
+    let chunk: Vec<u8> = match kind {
+        Flood::Newline => line.bytes().cycle().take(8192).collect(),
+        Flood::NoNewline => vec![b'x'; 8192],
+    };
+    // Unbuffered: each chunk is one write.
+    let mut out = match io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => fs::File::from(fd),
+        Err(err) => fail(1, &format!("{NAME}: cannot duplicate stdout: {err}")),
+    };
+    let mut written = 0u64;
+    while until.is_none_or(|t| Instant::now() < t) {
+        if out.write_all(&chunk).is_err() {
+            break;
+        }
+        written += chunk.len() as u64;
+    }
+    let _ = writeln!(out, "\n{NAME} flood done after {written} bytes");
+    written
 }
 
 /// `test-pattern --child`: sleep until killed (SIGTERM ignored if `TEST_CHILD_IGNORE_SIGTERM=1`).
@@ -308,13 +365,19 @@ fn double_fork(exe: &Path) -> u32 {
 
 /// Writes `pid` to a temporary file and renames it over `file`: readers never see a partial file.
 fn write_pid_file(file: &Path, pid: u32) {
+    write_atomically(file, &pid.to_string(), "TEST_CHILD_PID_FILE");
+}
+
+/// Writes `contents` to a temporary file and renames it over `file` (named by the variable
+/// `key`): readers never see a partial file.
+fn write_atomically(file: &Path, contents: &str, key: &str) {
     let mut tmp = file.as_os_str().to_owned();
     tmp.push(format!(".tmp.{}", process::id()));
-    let written = fs::write(&tmp, pid.to_string()).and_then(|()| fs::rename(&tmp, file));
+    let written = fs::write(&tmp, contents).and_then(|()| fs::rename(&tmp, file));
     if let Err(err) = written {
         let _ = fs::remove_file(&tmp);
         bad(
-            "TEST_CHILD_PID_FILE",
+            key,
             &file.to_string_lossy(),
             &format!("a writable path ({err})"),
         );

@@ -202,6 +202,7 @@ pub struct Launcher {
     orphan_sweep: Duration,
     keep_instances_on_exit: bool,
     max_connections: usize,
+    log_max_bytes: u64,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -275,6 +276,11 @@ impl LauncherBuilder {
         self.0.max_connections = n.max(1);
         self
     }
+    /// `--log-max-bytes`: the size at which an instance's log is rotated.
+    pub fn log_max_bytes(mut self, bytes: u64) -> Self {
+        self.0.log_max_bytes = bytes;
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -296,6 +302,7 @@ impl Launcher {
             orphan_sweep: Duration::from_secs(60),
             keep_instances_on_exit: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            log_max_bytes: runtime::logs::DEFAULT_MAX_LOG_BYTES,
         })
     }
 
@@ -362,9 +369,14 @@ impl Launcher {
             .map_err(|source| LaunchError::Listen { addr, source })?;
 
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let rt =
-            runtime::linux::LinuxRuntime::new(&self.state_dir, cgroups, launcher_id, events_tx)
-                .map_err(controller::SetupError::from)?;
+        let rt = runtime::linux::LinuxRuntime::new(
+            &self.state_dir,
+            cgroups,
+            launcher_id,
+            self.log_max_bytes,
+            events_tx,
+        )
+        .map_err(controller::SetupError::from)?;
         let (controller, handle) = Controller::new(
             ControllerConfig {
                 patterns_dir: self.patterns_dir.clone(),

@@ -64,6 +64,10 @@ struct Flags {
     #[arg(long, default_value_t = prism_launcher::DEFAULT_MAX_CONNECTIONS,
           value_parser = positive)]
     max_connections: usize,
+    /// Size at which an instance's log file is rotated (copied to
+    /// `<file>.1`, then emptied): bytes, or a quantity like 16Mi.
+    #[arg(long, default_value = "16Mi", value_parser = parse_log_max)]
+    log_max_bytes: u64,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -72,6 +76,15 @@ fn positive(s: &str) -> Result<usize, String> {
         Ok(_) => Err("must be at least 1".into()),
         Err(e) => Err(format!("{s:?}: {e}")),
     }
+}
+
+fn parse_log_max(s: &str) -> Result<u64, String> {
+    use prism_launcher::runtime::logs::MIN_LOG_BYTES;
+    let bytes = prism_launcher::spec::quantity::parse_memory(s)?;
+    if bytes < MIN_LOG_BYTES {
+        return Err(format!("{s:?}: at least {MIN_LOG_BYTES} bytes (64Ki)"));
+    }
+    Ok(bytes)
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -152,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         .orphan_sweep(flags.orphan_sweep_interval)
         .keep_instances_on_exit(flags.keep_instances_on_exit)
         .max_connections(flags.max_connections)
+        .log_max_bytes(flags.log_max_bytes)
         .build()
         .run(shutdown)
         .await

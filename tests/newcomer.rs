@@ -318,3 +318,42 @@ fn making_the_executable_runnable_brings_back_a_circuit_broken_desired_instance(
     .expect("chmod +x");
     env.wait_running(id);
 }
+
+#[test]
+fn the_first_line_of_every_start_reaches_the_launchers_log() {
+    let env = TestEnv::builder()
+        .pattern_file(
+            "blurt/run.sh",
+            "#!/bin/sh\necho \"first line of $PROCESS_ID\"\nexit 3\n",
+            0o755,
+        )
+        .raw_manifest(
+            "blurt",
+            "name: blurt\nversion: 1.0.0\nexecutable: ./run.sh\nisolation_level: namespace\n\
+             healthcheck:\n  interval: 1s\n  timeout: 1s\n",
+        )
+        .ports(220)
+        .start();
+    let docs: Vec<String> = (0..50)
+        .map(|i| desired_doc("blurt", &format!("n{i}"), &[]))
+        .collect();
+    env.write_desired("blurt.yaml", &desired_stream(&docs));
+    let ids: Vec<String> = (0..50).map(|i| format!("ns:n{i}:blurt")).collect();
+    // Each starts, prints, exits, and is retried until its circuit opens.
+    for id in &ids {
+        env.wait_entry(id, "FAILED", |p| jstr(p, "state") == "STATE_FAILED");
+    }
+    for id in &ids {
+        let line = format!("first line of {id}");
+        let written = env.instance_log(id).matches(&line).count();
+        assert!(written >= 1, "{id} never ran");
+        let echoed = format!("[{id}] {line}");
+        // The echo may lag the exit a little: wait for it, not for time.
+        let all_there = wait_until(WAIT, || env.read_log().matches(&echoed).count() == written);
+        assert!(
+            all_there,
+            "{id}: {written} first lines written, {} echoed",
+            env.read_log().matches(&echoed).count()
+        );
+    }
+}

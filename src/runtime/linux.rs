@@ -76,6 +76,7 @@ impl LinuxRuntime {
         state_dir: &Path,
         cgroups: Cgroups,
         launcher_id: String,
+        log_max_bytes: u64,
         events: mpsc::UnboundedSender<ProcEvent>,
     ) -> Result<LinuxRuntime, LinuxSetupError> {
         let logs_dir = state_dir.join("logs");
@@ -94,7 +95,7 @@ impl LinuxRuntime {
         Ok(LinuxRuntime {
             cgroups,
             launcher_id,
-            echo: LogEcho::start(&logs_dir),
+            echo: LogEcho::start(&logs_dir, log_max_bytes),
             logs_dir,
             client,
             events,
@@ -107,10 +108,11 @@ impl LinuxRuntime {
         logs::log_path(&self.logs_dir, process_id)
     }
 
-    /// Follows the instance's log and supervises its process.
-    fn watch(&self, exit: Exit, req: StartRequest<'_>) {
+    /// Follows the instance's log from byte `from` and supervises its
+    /// process.
+    fn watch(&self, exit: Exit, req: StartRequest<'_>, from: u64) {
         let id: Arc<str> = Arc::from(req.process_id);
-        self.echo.track(self.log(req.process_id), id.clone());
+        self.echo.track(self.log(req.process_id), id.clone(), from);
         tokio::spawn(supervise(
             exit,
             id,
@@ -139,6 +141,9 @@ impl Runtime for LinuxRuntime {
         let id = req.process_id;
         let procs = self.cgroups.procs_files(id);
         let log = self.log(id);
+        // Its output is echoed from here: what it writes before the echo
+        // thread hears of it is not lost.
+        let from = logs::log_len(&log);
         let child = spawn::spawn(
             id,
             req.spec,
@@ -165,7 +170,7 @@ impl Runtime for LinuxRuntime {
             joined_cgroups: child.joined_cgroups,
             not_enforced,
         };
-        self.watch(Exit::Child(child.pidfd), req);
+        self.watch(Exit::Child(child.pidfd), req, from);
         Ok(started)
     }
 
@@ -175,7 +180,8 @@ impl Runtime for LinuxRuntime {
         if !table::is_same_process(found.pid, found.start_time) {
             return Err(format!("pid {} is another process now", found.pid));
         }
-        self.watch(Exit::Adopted(fd), req);
+        let from = logs::log_len(&self.log(req.process_id));
+        self.watch(Exit::Adopted(fd), req, from);
         Ok(())
     }
 

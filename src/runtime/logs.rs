@@ -1,58 +1,155 @@
-//! Per-instance log files: echoing new lines into the launcher's log with
-//! the process_id in front, rotating by size, and reading the last lines
-//! for error messages.
+//! Per-instance log files: rotating them at their cap while the pattern
+//! writes, echoing new lines into the launcher's log with the process_id in
+//! front, and reading the last lines for error messages.
 //!
 //! Processes write their files directly (no pipe through the launcher), so
-//! they keep running and logging if the launcher dies. One thread follows
-//! every file, woken by inotify and, as a backstop, every few seconds.
+//! they keep running and logging if the launcher dies. Two threads follow
+//! every file, both woken by inotify on each write and, as a backstop,
+//! every few seconds: one rotates a file as soon as it reaches the cap
+//! ([`rotation`]), the other echoes its lines ([`echo`]), so that a slow
+//! echo never delays a rotation. Whatever a pattern writes, their work and
+//! memory stay bounded.
 
-use std::collections::HashMap;
-use std::fs::File;
+mod echo;
+mod lines;
+mod rotation;
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::Duration;
 
 use notify::Watcher;
 
-/// A log file larger than this is rotated (copied to `<file>.1`, truncated).
-pub const MAX_LOG_BYTES: u64 = 16 << 20;
+pub use echo::{ECHO_RATE, MAX_LINE};
+use rotation::Generations;
+
+/// Default of `--log-max-bytes`: the size at which a log file is rotated.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 16 << 20;
+
+/// The smallest `--log-max-bytes`.
+pub const MIN_LOG_BYTES: u64 = 64 << 10;
 
 /// How often every followed file is checked whatever inotify said.
 const BACKSTOP: Duration = Duration::from_secs(5);
-
-/// Most bytes echoed per file per wake-up (the rest waits for the next).
-const MAX_READ: u64 = 256 << 10;
 
 /// The file of an instance's output inside the logs directory.
 pub fn log_path(logs_dir: &Path, process_id: &str) -> PathBuf {
     logs_dir.join(format!("{process_id}.log"))
 }
 
+/// What the rotation and the echo threads are told.
 enum Msg {
-    Track(PathBuf, Arc<str>),
+    /// Follow a file from byte `u64` on; both threads share its
+    /// [`Generations`].
+    Track(PathBuf, Arc<str>, Arc<Generations>, u64),
     Untrack(PathBuf),
-    Changed(PathBuf),
+    /// Files were written: see [`Changed`].
+    Wake,
 }
 
-struct Followed {
-    process_id: Arc<str>,
-    offset: u64,
-    partial: Vec<u8>,
+/// Files written since a thread last looked. A wake-up is sent only when
+/// the set stops being empty, so a flood of writes costs one message.
+#[derive(Default)]
+struct Changed(Mutex<HashSet<PathBuf>>);
+
+impl Changed {
+    /// Adds `path`; true if a wake-up is needed.
+    fn add(&self, path: PathBuf) -> bool {
+        let mut set = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let wake = set.is_empty();
+        set.insert(path);
+        wake
+    }
+
+    fn take(&self) -> HashSet<PathBuf> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
-/// Handle of the echo thread; dropping every handle stops it.
+/// A descriptor of a followed file kept open between looks: opening and
+/// closing one at every write costs, and ext4 writes a file truncated to
+/// nothing out when one of its descriptors is next closed. Opened again
+/// when the path names another file; only a regular file, never through a
+/// symbolic link.
+#[derive(Default)]
+struct Descriptor(Option<(File, (u64, u64))>);
+
+impl Descriptor {
+    /// The open file `path` names (for writing too if `write`).
+    fn get(&mut self, path: &Path, write: bool) -> Option<&File> {
+        let Some(meta) = std::fs::symlink_metadata(path)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+        else {
+            self.0 = None;
+            return None;
+        };
+        let id = (meta.dev(), meta.ino());
+        if self.0.as_ref().is_none_or(|(_, open)| *open != id) {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(write)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+                .open(path);
+            self.0 = file.ok().map(|f| (f, id));
+        }
+        self.0.as_ref().map(|(f, _)| f)
+    }
+}
+
+/// One thread's way in.
+struct Inbox {
+    tx: mpsc::Sender<Msg>,
+    changed: Arc<Changed>,
+}
+
+impl Inbox {
+    /// Starts `run` on a thread named `name`, with its messages and set of
+    /// written files.
+    fn start(
+        name: &str,
+        run: impl FnOnce(mpsc::Receiver<Msg>, Arc<Changed>) + Send + 'static,
+    ) -> Inbox {
+        let (tx, rx) = mpsc::channel();
+        let changed = Arc::new(Changed::default());
+        let theirs = changed.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(rx, theirs))
+        {
+            tracing::error!("cannot start the {name} thread: {e}");
+        }
+        Inbox { tx, changed }
+    }
+
+    fn written(&self, path: PathBuf) {
+        if self.changed.add(path) {
+            let _ = self.tx.send(Msg::Wake);
+        }
+    }
+}
+
+/// Handle of the rotation and echo threads; dropping every handle stops
+/// them.
 #[derive(Clone)]
 pub struct LogEcho {
-    tx: mpsc::Sender<Msg>,
+    rotate: mpsc::Sender<Msg>,
+    echo: mpsc::Sender<Msg>,
+    _watcher: Option<Arc<notify::RecommendedWatcher>>,
 }
 
 impl LogEcho {
-    /// Starts following files in `dir`.
-    pub fn start(dir: &Path) -> LogEcho {
-        let (tx, rx) = mpsc::channel();
-        let watch_tx = tx.clone();
+    /// Starts following files in `dir`, rotating them at `max_bytes`.
+    pub fn start(dir: &Path, max_bytes: u64) -> LogEcho {
+        let rotate = Inbox::start("log-rotate", move |rx, changed| {
+            rotation::follow(&rx, &changed, max_bytes);
+        });
+        let echo = Inbox::start("log-echo", |rx, changed| echo::follow(&rx, &changed));
+        let (rotate_tx, echo_tx) = (rotate.tx.clone(), echo.tx.clone());
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Only writes matter. Opens and reads must not count: the
             // echo's own reads would wake it again, forever.
@@ -64,8 +161,14 @@ impl LogEcho {
                         | notify::EventKind::Any
                 )
             {
-                for p in ev.paths {
-                    let _ = watch_tx.send(Msg::Changed(p));
+                // Not the copies rotation makes.
+                for p in ev
+                    .paths
+                    .into_iter()
+                    .filter(|p| p.extension() == Some("log".as_ref()))
+                {
+                    rotate.written(p.clone());
+                    echo.written(p);
                 }
             }
         })
@@ -74,118 +177,43 @@ impl LogEcho {
             Ok(w)
         });
         let watcher = match watcher {
-            Ok(w) => Some(w),
+            Ok(w) => Some(Arc::new(w)),
             Err(e) => {
                 tracing::warn!(
-                    "cannot watch {} ({e}); instance output is echoed every few seconds",
+                    "cannot watch {} ({e}); instance logs are rotated and echoed every few seconds",
                     dir.display()
                 );
                 None
             }
         };
-        std::thread::Builder::new()
-            .name("log-echo".into())
-            .spawn(move || {
-                let _watcher = watcher;
-                follow(&rx);
-            })
-            .ok();
-        LogEcho { tx }
+        LogEcho {
+            rotate: rotate_tx,
+            echo: echo_tx,
+            _watcher: watcher,
+        }
     }
 
-    /// Echoes what is appended to `path` from now on.
-    pub fn track(&self, path: PathBuf, process_id: Arc<str>) {
-        let _ = self.tx.send(Msg::Track(path, process_id));
+    /// Rotates `path` and echoes what is appended to it from byte `from`
+    /// on: the file's length before the process started, so that nothing
+    /// it writes before this message is handled is missed.
+    pub fn track(&self, path: PathBuf, process_id: Arc<str>, from: u64) {
+        let generations = Arc::new(Generations::default());
+        let _ = self.rotate.send(Msg::Track(
+            path.clone(),
+            process_id.clone(),
+            generations.clone(),
+            from,
+        ));
+        let _ = self
+            .echo
+            .send(Msg::Track(path, process_id, generations, from));
     }
 
     /// Stops following `path` (after echoing what is left).
     pub fn untrack(&self, path: PathBuf) {
-        let _ = self.tx.send(Msg::Untrack(path));
+        let _ = self.rotate.send(Msg::Untrack(path.clone()));
+        let _ = self.echo.send(Msg::Untrack(path));
     }
-}
-
-fn follow(rx: &mpsc::Receiver<Msg>) {
-    let mut files: HashMap<PathBuf, Followed> = HashMap::new();
-    let mut next_sweep = Instant::now() + BACKSTOP;
-    loop {
-        let wait = next_sweep.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Track(p, id)) => {
-                let offset = std::fs::metadata(&p).map_or(0, |m| m.len());
-                files.entry(p).or_insert(Followed {
-                    process_id: id,
-                    offset,
-                    partial: Vec::new(),
-                });
-            }
-            Ok(Msg::Untrack(p)) => {
-                if let Some(mut f) = files.remove(&p) {
-                    echo(&p, &mut f);
-                }
-            }
-            Ok(Msg::Changed(p)) => {
-                if let Some(f) = files.get_mut(&p) {
-                    echo(&p, f);
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // The backstop for lost events: a stat per file, a read
-                // only where something was appended.
-                for (p, f) in &mut files {
-                    if std::fs::metadata(p).map_or(0, |m| m.len()) != f.offset {
-                        echo(p, f);
-                    }
-                }
-                next_sweep = Instant::now() + BACKSTOP;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-    }
-}
-
-fn echo(path: &Path, f: &mut Followed) {
-    let Ok(mut file) = File::open(path) else {
-        return;
-    };
-    let len = file.metadata().map_or(0, |m| m.len());
-    if len < f.offset {
-        // Truncated (rotated by someone else): start over.
-        f.offset = 0;
-        f.partial.clear();
-    }
-    if len == f.offset {
-        return;
-    }
-    let mut buf = Vec::new();
-    if file.seek(SeekFrom::Start(f.offset)).is_err()
-        || file.take(MAX_READ).read_to_end(&mut buf).is_err()
-    {
-        return;
-    }
-    f.offset += buf.len() as u64;
-    f.partial.extend_from_slice(&buf);
-    let mut rest = f.partial.as_slice();
-    while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
-        let line = String::from_utf8_lossy(&rest[..nl]);
-        tracing::info!(target: "instance", "[{}] {}", f.process_id, line.trim_end_matches('\r'));
-        rest = &rest[nl + 1..];
-    }
-    f.partial = rest.to_vec();
-    if f.offset >= MAX_LOG_BYTES && rotate(path).is_ok() {
-        f.offset = 0;
-    }
-}
-
-/// Copies the file to `<file>.1` and truncates it in place; writers keep
-/// their O_APPEND descriptors and go on at the new end.
-fn rotate(path: &Path) -> std::io::Result<()> {
-    let mut old = path.as_os_str().to_owned();
-    old.push(".1");
-    std::fs::copy(path, &old)?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .set_len(0)
 }
 
 /// The current size of a log file (0 if it does not exist).
@@ -235,15 +263,22 @@ mod tests {
     }
 
     #[test]
-    fn rotation_keeps_the_old_content_and_empties_the_file() {
+    fn a_kept_descriptor_follows_the_file_its_path_names() {
+        use std::io::Write;
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("x.log");
-        std::fs::write(&p, "data\n").unwrap();
-        rotate(&p).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(t.path().join("x.log.1")).unwrap(),
-            "data\n"
-        );
-        assert_eq!(log_len(&p), 0);
+        std::fs::write(&p, "one").unwrap();
+        let mut d = Descriptor::default();
+        assert_eq!(d.get(&p, false).unwrap().metadata().unwrap().len(), 3);
+        std::fs::remove_file(&p).unwrap();
+        assert!(d.get(&p, false).is_none());
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(b"three")
+            .unwrap();
+        assert_eq!(d.get(&p, false).unwrap().metadata().unwrap().len(), 5);
+        let link = t.path().join("link.log");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(d.get(&link, false).is_none());
     }
 }

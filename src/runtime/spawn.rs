@@ -9,7 +9,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::raw::c_char;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -156,7 +156,11 @@ pub fn spawn(
     let out = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
+        .map_err(log_err)?;
+    // Output may hold secrets: owner only, whatever the umask or old mode.
+    out.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(log_err)?;
     let err = out.try_clone().map_err(log_err)?;
     let stdin = std::fs::File::open("/dev/null").map_err(|source| SpawnError::Exec {

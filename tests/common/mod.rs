@@ -202,6 +202,21 @@ pub fn read_lossy(path: impl AsRef<Path>) -> String {
         .unwrap_or_default()
 }
 
+/// The last `max` bytes of `path`, lossily decoded ("" if unreadable): a
+/// failure report must not read a runaway log whole.
+fn read_end_lossy(path: &Path, max: u64) -> String {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let start = f.metadata().map_or(0, |m| m.len()).saturating_sub(max);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.take(max).read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -1337,7 +1352,7 @@ impl TestEnv {
             self.root.display()
         );
         if let Some(l) = &self.launcher {
-            eprintln!("{}", tail(&l.log(), 120));
+            eprintln!("{}", tail(&read_end_lossy(&l.log_path, 1 << 20), 120));
         }
         if let Ok(entries) = fs::read_dir(self.state_dir.join("logs")) {
             let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -1346,7 +1361,7 @@ impl TestEnv {
             const MAX_DUMPED: usize = 20;
             for p in paths.iter().take(MAX_DUMPED) {
                 eprintln!("===== instance log {} (tail) =====", p.display());
-                eprintln!("{}", tail(&read_lossy(p), 20));
+                eprintln!("{}", tail(&read_end_lossy(p, 64 << 10), 20));
             }
             if paths.len() > MAX_DUMPED {
                 eprintln!(

@@ -1,0 +1,602 @@
+//! The rotation thread: rotates a log file as soon as it reaches the cap,
+//! while its writer goes on writing.
+//!
+//! Copy-then-truncate: the previous generation is kept as `<file>.1` and
+//! the file is truncated in place, so the writer's `O_APPEND` descriptor
+//! goes on at the new end. The copy is made in slices while the file fills
+//! (from a quarter of the cap, into `<file>.1.part`), so that truncating
+//! once the cap is reached waits for little or nothing to be copied; a
+//! writer that outruns the copy gets its generation kept only as far as
+//! the copy got. A generation holds at most the cap and a quarter; a file
+//! found past the cap with no copy under way keeps at most its last cap
+//! bytes. A file written fast lately is looked at every millisecond,
+//! events or not: how far past the cap a fast writer gets is what it
+//! writes while this thread waits for the CPU or the disk.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use super::{BACKSTOP, Changed, Descriptor, Msg};
+
+/// Most bytes copied before the size is looked at again.
+const SLICE: u64 = 128 << 10;
+
+/// How often a file written fast lately is looked at, events or not.
+const POLL: Duration = Duration::from_millis(1);
+
+/// How long a file written fast counts as such.
+const HOT: Duration = Duration::from_millis(100);
+
+/// How often the same file's failing rotation is reported.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The truncations of one file, shared with the echo: how many bytes the
+/// generations before the current one held, and a sequence number that
+/// is odd while a truncation is under way (a seqlock).
+#[derive(Debug, Default)]
+pub struct Generations {
+    seq: AtomicU64,
+    start: AtomicU64,
+}
+
+/// What [`Generations::stable`] saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    seq: u64,
+    /// Bytes of the generations before the current one.
+    pub start: u64,
+}
+
+impl Generations {
+    /// Bytes of the generations before the current one.
+    pub fn start(&self) -> u64 {
+        self.start.load(Ordering::SeqCst)
+    }
+
+    /// The current generation, None while a truncation is under way.
+    pub fn stable(&self) -> Option<Seen> {
+        let seq = self.seq.load(Ordering::SeqCst);
+        seq.is_multiple_of(2).then(|| Seen {
+            seq,
+            start: self.start(),
+        })
+    }
+
+    /// True if no truncation began since `seen`.
+    pub fn unchanged(&self, seen: Seen) -> bool {
+        self.seq.load(Ordering::SeqCst) == seen.seq
+    }
+
+    fn begin(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn end(&self, truncated_at: u64) {
+        self.start.fetch_add(truncated_at, Ordering::SeqCst);
+        self.seq.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs the rotation until every sender of `rx` is gone.
+pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed, cap: u64) {
+    let reaper = start_reaper();
+    let mut files: HashMap<PathBuf, Followed> = HashMap::new();
+    let mut next_sweep = Instant::now() + BACKSTOP;
+    loop {
+        let next = files
+            .values()
+            .filter_map(|f| f.due)
+            .fold(next_sweep, Instant::min);
+        let msg = rx.recv_timeout(next.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        match msg {
+            Ok(Msg::Track(p, process_id, generations, _)) => {
+                let f = files.entry(p.clone()).or_insert_with(|| Followed {
+                    process_id,
+                    generations,
+                    rotator: Rotator::new(cap),
+                    live: Descriptor::default(),
+                    len: 0,
+                    fast: None,
+                    due: None,
+                    warned: None,
+                });
+                f.step(&p, now, reaper.as_ref());
+            }
+            Ok(Msg::Untrack(p)) => {
+                if let Some(mut f) = files.remove(&p) {
+                    f.rotator.abandon(&p);
+                }
+            }
+            Ok(Msg::Wake) => {
+                for p in changed.take() {
+                    if let Some(f) = files.get_mut(&p) {
+                        f.step(&p, now, reaper.as_ref());
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        // The backstop for lost events (a stat per file), and the files
+        // growing fast.
+        let sweep = now >= next_sweep;
+        if sweep {
+            next_sweep = now + BACKSTOP;
+        }
+        for (p, f) in &mut files {
+            if sweep || f.due.is_some_and(|d| d <= now) {
+                f.step(p, now, reaper.as_ref());
+            }
+        }
+    }
+}
+
+/// A thread that closes the files of generations replaced in `<file>.1`:
+/// the last close of an unlinked file frees its pages and blocks, which
+/// can take long enough for a fast writer to run far past the cap.
+fn start_reaper() -> Option<mpsc::SyncSender<File>> {
+    let (tx, rx) = mpsc::sync_channel::<File>(4);
+    std::thread::Builder::new()
+        .name("log-reaper".into())
+        .spawn(move || rx.into_iter().for_each(drop))
+        .ok()
+        .map(|_| tx)
+}
+
+/// A followed file.
+struct Followed {
+    process_id: Arc<str>,
+    generations: Arc<Generations>,
+    rotator: Rotator,
+    live: Descriptor,
+    /// Its size after the last step.
+    len: u64,
+    /// When it was last seen growing by a [`SLICE`] or more between two
+    /// looks.
+    fast: Option<Instant>,
+    /// When to look again without being woken (while it grows fast).
+    due: Option<Instant>,
+    /// When a failing rotation was last reported.
+    warned: Option<Instant>,
+}
+
+impl Followed {
+    fn step(&mut self, path: &Path, now: Instant, reaper: Option<&mpsc::SyncSender<File>>) {
+        let Some(live) = self.live.get(path, true) else {
+            self.due = None;
+            return;
+        };
+        match self.rotator.on_change(path, live, &self.generations) {
+            Ok(None) => {}
+            Ok(Some(r)) => {
+                tracing::debug!(
+                    "{}: log rotated at {} bytes, {} of them kept in .1",
+                    self.process_id,
+                    r.end,
+                    r.kept
+                );
+                if let Some(e) = r.copy_failed {
+                    let what = format!("truncated without a copy: {e}");
+                    warn(&mut self.warned, &self.process_id, now, &what);
+                }
+                if let (Some(old), Some(reaper)) = (r.replaced, reaper) {
+                    // A full reaper: closed here, slowly.
+                    let _ = reaper.try_send(old);
+                }
+            }
+            Err(e) => warn(&mut self.warned, &self.process_id, now, &e.to_string()),
+        }
+        // Events come late on a busy machine: a file written fast lately is
+        // looked at again soon whatever inotify says.
+        let len = live.metadata().map_or(0, |m| m.len());
+        if len >= self.len + SLICE {
+            self.fast = Some(now);
+        }
+        self.len = len;
+        self.due = self.fast.filter(|t| now < *t + HOT).map(|_| now + POLL);
+    }
+}
+
+/// Reports a failing rotation of `process_id`'s log, at most once every
+/// [`WARN_EVERY`] (`warned`: when it was last reported).
+fn warn(warned: &mut Option<Instant>, process_id: &str, now: Instant, what: &str) {
+    if warned.is_none_or(|t| now >= t + WARN_EVERY) {
+        *warned = Some(now);
+        tracing::warn!("{process_id}: log rotation: {what}");
+    }
+}
+
+/// A rotation step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// The copy of the generation could not be made.
+    #[error("cannot copy {path} to {copy}: {source}")]
+    Copy {
+        /// The log file.
+        path: PathBuf,
+        /// The copy.
+        copy: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The log file could not be truncated.
+    #[error("cannot truncate {path}: {source}")]
+    Truncate {
+        /// The log file.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A rotation that took place.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The size of the file when it was truncated.
+    pub end: u64,
+    /// Bytes kept in `<file>.1`.
+    pub kept: u64,
+    /// Why `<file>.1` holds nothing of this generation (the file was
+    /// truncated anyway, to hold the cap).
+    pub copy_failed: Option<RotateError>,
+    /// The generation `<file>.1` held before, unlinked but still open:
+    /// freeing it happens when this is dropped.
+    pub replaced: Option<File>,
+}
+
+/// The generation being copied.
+struct Copy {
+    file: File,
+    /// Where it starts in the log file.
+    from: u64,
+    /// How far it is copied.
+    to: u64,
+}
+
+/// Rotates one log file at `cap` bytes.
+pub struct Rotator {
+    cap: u64,
+    copy: Option<Copy>,
+}
+
+impl Rotator {
+    /// A rotator for a file that is rotated at `cap` bytes.
+    pub fn new(cap: u64) -> Rotator {
+        Rotator { cap, copy: None }
+    }
+
+    /// To be called after each write to `path` (`live` open on it for
+    /// reading and writing): copies what was appended once the file is a
+    /// quarter full, and rotates it once it has reached the cap.
+    pub fn on_change(
+        &mut self,
+        path: &Path,
+        live: &File,
+        generations: &Generations,
+    ) -> Result<Option<Rotated>, RotateError> {
+        // In slices, so that reaching the cap is noticed during a long copy.
+        let reached = loop {
+            let len = live.metadata().map_or(0, |m| m.len());
+            if self.copy.as_ref().is_some_and(|c| len < c.to) {
+                // Truncated by someone else: the copy is of nothing now.
+                self.abandon(path);
+            }
+            if len < self.cap / 4 {
+                return Ok(None);
+            }
+            if len >= self.cap {
+                break len;
+            }
+            if self.copy_up(path, live, SLICE)? < SLICE {
+                return Ok(None);
+            }
+        };
+        // At the cap: finish the copy, unless the file grows while the copy
+        // is far behind: then truncate at once (the rest of the generation
+        // is lost), for a writer that outruns the copy must not run the
+        // file past the cap.
+        let mut len = reached;
+        let copied = loop {
+            let now = live.metadata().map_or(0, |m| m.len());
+            let behind = self.copy.as_ref().map_or(now, |c| now.saturating_sub(c.to));
+            if now > len && behind > SLICE {
+                break Ok(());
+            }
+            len = now;
+            match self.copy_up(path, live, SLICE) {
+                Ok(n) if n < SLICE => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        generations.begin();
+        let truncated = truncate(path, live);
+        generations.end(*truncated.as_ref().unwrap_or(&0));
+        let end = truncated?;
+        let (kept, replaced, copy_failed) = match copied.and_then(|()| self.finish(path)) {
+            Ok((kept, replaced)) => (kept, replaced, None),
+            Err(e) => {
+                self.abandon(path);
+                (0, None, Some(e))
+            }
+        };
+        Ok(Some(Rotated {
+            end,
+            kept,
+            copy_failed,
+            replaced,
+        }))
+    }
+
+    /// Forgets the generation being copied (the file is no longer
+    /// followed, or was truncated by someone else).
+    pub fn abandon(&mut self, path: &Path) {
+        if self.copy.take().is_some() {
+            let _ = std::fs::remove_file(suffixed(path, ".1.part"));
+        }
+    }
+
+    /// Copies at most `most` bytes of what was appended to `live` since the
+    /// last call, up to the generation's limit; starts the copy if there is
+    /// none. Returns the bytes copied.
+    fn copy_up(&mut self, path: &Path, live: &File, most: u64) -> Result<u64, RotateError> {
+        let part = suffixed(path, ".1.part");
+        let err = |source| RotateError::Copy {
+            path: path.to_path_buf(),
+            copy: part.clone(),
+            source,
+        };
+        let len = live.metadata().map_err(err)?.len();
+        if self.copy.is_none() {
+            let start = len.saturating_sub(self.cap);
+            self.copy = Some(Copy {
+                file: create_private(&part).map_err(err)?,
+                from: start,
+                to: start,
+            });
+        }
+        let Some(copy) = self.copy.as_mut() else {
+            return Ok(0);
+        };
+        let limit = copy.from + self.cap + self.cap / 4;
+        let want = len.min(limit).saturating_sub(copy.to).min(most);
+        if want == 0 {
+            return Ok(0);
+        }
+        // Only `pread`s use the caller's descriptor: moving its offset is
+        // harmless. std copies between files in the kernel.
+        let mut src = live;
+        src.seek(SeekFrom::Start(copy.to)).map_err(err)?;
+        let n = std::io::copy(&mut src.take(want), &mut copy.file).map_err(err)?;
+        copy.to += n;
+        Ok(n)
+    }
+
+    /// Puts the copied generation in place as `<file>.1`; returns its size
+    /// and the generation it replaced, unlinked but still open.
+    fn finish(&mut self, path: &Path) -> Result<(u64, Option<File>), RotateError> {
+        let Some(copy) = self.copy.take() else {
+            return Ok((0, None));
+        };
+        let part = suffixed(path, ".1.part");
+        let old = suffixed(path, ".1");
+        // ext4 writes out a file renamed over another one before the
+        // rename returns: make way first (cheap while it is open; freeing
+        // it happens when it is closed).
+        let replaced = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&old)
+            .ok();
+        let _ = std::fs::remove_file(&old);
+        std::fs::rename(&part, &old).map_err(|source| RotateError::Copy {
+            path: path.to_path_buf(),
+            copy: old.clone(),
+            source,
+        })?;
+        Ok((copy.to - copy.from, replaced))
+    }
+}
+
+/// Truncates `live` (open on `path`) to nothing; returns its size just
+/// before. Through a descriptor that stays open: ext4 writes out a file
+/// truncated to nothing when a descriptor of it is next closed.
+fn truncate(path: &Path, live: &File) -> Result<u64, RotateError> {
+    let err = |source| RotateError::Truncate {
+        path: path.to_path_buf(),
+        source,
+    };
+    let end = live.metadata().map_err(err)?.len();
+    live.set_len(0).map_err(err)?;
+    Ok(end)
+}
+
+/// Creates (or empties) `path`, readable and writable by its owner only,
+/// whatever the umask and whatever its mode was; not through a symbolic
+/// link.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// `path` with `suffix` appended to its file name.
+pub fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(path: &Path, data: &[u8]) {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap()
+            .write_all(data)
+            .unwrap();
+    }
+
+    fn open(path: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    }
+
+    fn step(r: &mut Rotator, path: &Path) -> Option<Rotated> {
+        let generations = Generations::default();
+        r.on_change(path, &open(path), &generations).unwrap()
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| seed.wrapping_add((i % 251) as u8)).collect()
+    }
+
+    #[test]
+    fn a_file_that_fills_up_in_steps_is_kept_whole_in_dot_1() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.log");
+        let mut r = Rotator::new(1000);
+        std::fs::write(suffixed(&p, ".1"), "previous generation").unwrap();
+        let mut all = Vec::new();
+        for (i, n) in [300, 300, 300, 150].into_iter().enumerate() {
+            let data = bytes(n, i as u8);
+            append(&p, &data);
+            all.extend_from_slice(&data);
+            let rotated = step(&mut r, &p);
+            if all.len() < 1000 {
+                assert!(rotated.is_none());
+                // The previous generation stays until the new one is whole.
+                assert_eq!(
+                    std::fs::read(suffixed(&p, ".1")).unwrap(),
+                    b"previous generation"
+                );
+            } else {
+                let rotated = rotated.unwrap();
+                assert_eq!((rotated.end, rotated.kept), (1050, 1050));
+                assert!(rotated.copy_failed.is_none());
+            }
+        }
+        assert_eq!(std::fs::read(suffixed(&p, ".1")).unwrap(), all);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        assert!(!suffixed(&p, ".1.part").exists());
+        // The next generation starts from the empty file.
+        append(&p, b"next\n");
+        assert!(step(&mut r, &p).is_none());
+        assert_eq!(std::fs::read(&p).unwrap(), b"next\n");
+    }
+
+    #[test]
+    fn a_file_far_past_the_cap_keeps_only_its_last_cap_bytes() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.log");
+        let data = bytes(10_000, 7);
+        std::fs::write(&p, &data).unwrap();
+        let mut r = Rotator::new(1000);
+        let rotated = step(&mut r, &p).unwrap();
+        assert_eq!((rotated.end, rotated.kept), (10_000, 1000));
+        assert_eq!(std::fs::read(suffixed(&p, ".1")).unwrap(), &data[9000..]);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_generation_never_holds_more_than_a_quarter_past_the_cap() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.log");
+        let mut r = Rotator::new(1000);
+        append(&p, &bytes(600, 1));
+        assert!(step(&mut r, &p).is_none());
+        append(&p, &bytes(5000, 2));
+        let rotated = step(&mut r, &p).unwrap();
+        assert_eq!((rotated.end, rotated.kept), (5600, 1250));
+        assert_eq!(std::fs::metadata(suffixed(&p, ".1")).unwrap().len(), 1250);
+    }
+
+    #[test]
+    fn copies_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.log");
+        let old = suffixed(&p, ".1");
+        std::fs::write(&old, "old").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        append(&p, &bytes(2000, 3));
+        step(&mut Rotator::new(1000), &p).unwrap();
+        let mode = std::fs::metadata(&old).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_file_truncated_by_someone_else_starts_a_new_copy() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.log");
+        let mut r = Rotator::new(1000);
+        append(&p, &bytes(700, 1));
+        assert!(step(&mut r, &p).is_none());
+        std::fs::write(&p, b"").unwrap();
+        assert!(step(&mut r, &p).is_none());
+        assert!(!suffixed(&p, ".1.part").exists());
+        let fresh = bytes(1100, 9);
+        append(&p, &fresh);
+        step(&mut r, &p).unwrap();
+        // Found past the cap with no copy under way: its last cap bytes.
+        assert_eq!(std::fs::read(suffixed(&p, ".1")).unwrap(), &fresh[100..]);
+    }
+
+    #[test]
+    fn each_truncation_tells_the_echo_how_much_the_generation_held() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.log");
+        let generations = Generations::default();
+        let mut r = Rotator::new(8 << 20);
+        let step = |r: &mut Rotator| r.on_change(&p, &open(&p), &generations).unwrap();
+        append(&p, &bytes(3 << 20, 1));
+        assert!(step(&mut r).is_none());
+        append(&p, &bytes(7 << 20, 2));
+        let rotated = step(&mut r).unwrap();
+        assert_eq!((rotated.end, rotated.kept), (10 << 20, 10 << 20));
+        let seen = generations.stable().unwrap();
+        assert_eq!(seen.start, 10 << 20);
+        assert!(generations.unchanged(seen));
+        append(&p, &bytes(9 << 20, 3));
+        let rotated = step(&mut r).unwrap();
+        assert_eq!((rotated.end, rotated.kept), (9 << 20, 8 << 20));
+        assert_eq!(generations.start(), 19 << 20);
+        assert!(!generations.unchanged(seen));
+    }
+
+    #[test]
+    fn a_planted_link_is_not_written_through_and_the_cap_still_holds() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.log");
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, suffixed(&p, ".1.part")).unwrap();
+        append(&p, &bytes(2000, 4));
+        let mut r = Rotator::new(1000);
+        let rotated = step(&mut r, &p).unwrap();
+        assert!(rotated.copy_failed.is_some());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+}
