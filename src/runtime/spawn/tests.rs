@@ -1,0 +1,274 @@
+//! Unit tests of the parent module.
+
+use super::*;
+use crate::spec::{InstanceKey, Isolation};
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+
+#[test]
+fn config_comes_after_the_manifest_environment() {
+    let key = InstanceKey::new("p", Isolation::Namespace, "t", "").unwrap();
+    let mut config = BTreeMap::new();
+    config.insert("LEVEL".to_string(), "debug".to_string());
+    let spec = InstanceSpec::new(key, config, None).unwrap();
+    let mut pattern = crate::spec::manifest::parse_manifest(
+        "name: p\nversion: '2'\nexecutable: x\nisolation_level: namespace\nenvironment: {LEVEL: info, OTHER: o}\n",
+        "m",
+        Path::new("/d"),
+    )
+    .unwrap();
+    pattern.args.clear();
+    let mut config = BTreeMap::new();
+    config.insert("PRISM_INSTANCE".to_string(), "forged".to_string());
+    let mut forged = spec.clone();
+    forged.config = config.into();
+    let env = environment(
+        "ns:t:p",
+        &forged,
+        &pattern,
+        Ports { grpc: 1, health: 2 },
+        "me",
+    );
+    assert_eq!(
+        env.last(),
+        Some(&(
+            "PRISM_INSTANCE".to_string(),
+            crate::runtime::discover::marker("me", &forged)
+        )),
+        "the marker comes last, after config"
+    );
+    let env = environment(
+        "ns:t:p",
+        &spec,
+        &pattern,
+        Ports { grpc: 1, health: 2 },
+        "me",
+    );
+    let last = |k: &str| {
+        env.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(last("LEVEL").as_deref(), Some("debug"));
+    assert_eq!(last("OTHER").as_deref(), Some("o"));
+    assert_eq!(last("HEALTH_PORT").as_deref(), Some("2"));
+    assert_eq!(last("ISOLATION").as_deref(), Some("namespace"));
+    assert_eq!(last("PATTERN_VERSION").as_deref(), Some("2"));
+}
+
+fn sh_pattern(dir: &Path, script: &str) -> Pattern {
+    let mut p = crate::spec::manifest::parse_manifest(
+        "name: p\nversion: '1'\nexecutable: /bin/sh\nisolation_level: namespace\n",
+        "m",
+        dir,
+    )
+    .unwrap();
+    p.args = vec!["-c".into(), script.into()];
+    p
+}
+
+fn spec() -> InstanceSpec {
+    let key = InstanceKey::new("p", Isolation::Namespace, "t", "").unwrap();
+    let mut config = BTreeMap::new();
+    config.insert("LEVEL".to_string(), "debug".to_string());
+    InstanceSpec::new(key, config, None).unwrap()
+}
+
+fn wait(s: &Spawned) -> nix::sys::wait::WaitStatus {
+    use std::os::fd::AsFd;
+    nix::sys::wait::waitid(
+        nix::sys::wait::Id::PIDFd(s.pidfd.as_fd()),
+        nix::sys::wait::WaitPidFlag::WEXITED,
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_child_runs_in_its_group_dir_and_cgroups_with_a_clean_signal_state() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("pattern");
+    std::fs::create_dir(&dir).unwrap();
+    let procs = [t.path().join("a.procs"), t.path().join("b.procs")];
+    for p in &procs {
+        std::fs::write(p, "").unwrap();
+    }
+    let log = t.path().join("out.log");
+    std::fs::write(&log, "earlier\n").unwrap();
+    let script = "echo \"cwd=$(pwd) level=$LEVEL port=$HEALTH_PORT\"; \
+                  echo \"pgid=$(cut -d' ' -f5 /proc/$$/stat) pid=$$\"; \
+                  read line || echo stdin-empty; echo oops >&2; exit 3";
+    let pattern = sh_pattern(&dir, script);
+    let ports = Ports { grpc: 1, health: 2 };
+    let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &procs, "me").unwrap();
+    assert!(s.joined_cgroups);
+    assert_eq!(
+        wait(&s),
+        nix::sys::wait::WaitStatus::Exited(Pid::from_raw(s.pid as i32), 3)
+    );
+    for p in &procs {
+        assert_eq!(std::fs::read_to_string(p).unwrap(), "0");
+    }
+    let out = std::fs::read_to_string(&log).unwrap();
+    let canon = std::fs::canonicalize(&dir).unwrap();
+    assert!(out.starts_with("earlier\n"), "{out}");
+    assert!(
+        out.contains(&format!("cwd={} level=debug port=2\n", canon.display())),
+        "{out}"
+    );
+    assert!(out.contains(&format!("pgid={0} pid={0}\n", s.pid)), "{out}");
+    assert!(out.contains("stdin-empty\noops\n"), "{out}");
+
+    // The signal state as the executable finds it (cat, not a shell,
+    // which changes its own mask while it waits for its children).
+    let mut cat = sh_pattern(&dir, "");
+    cat.executable = PathBuf::from("/bin/cat");
+    cat.args = vec!["/proc/self/status".into()];
+    let status_log = t.path().join("status.log");
+    let s = spawn("ns:t:p", &spec(), &cat, ports, &status_log, &[], "me").unwrap();
+    wait(&s);
+    let status = std::fs::read_to_string(&status_log).unwrap();
+    assert!(status.contains("SigBlk:\t0000000000000000\n"), "{status}");
+    // SIGPIPE (13) is not ignored, though the test process ignores it.
+    let ign = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:\t"))
+        .unwrap();
+    let ign = u64::from_str_radix(ign, 16).unwrap();
+    assert_eq!(ign & (1 << 12), 0, "SigIgn {ign:x}");
+}
+
+#[test]
+fn a_cgroup_that_cannot_be_joined_is_reported_not_fatal() {
+    let t = tempfile::tempdir().unwrap();
+    let pattern = sh_pattern(t.path(), "exit 0");
+    let ports = Ports { grpc: 1, health: 2 };
+    let procs = [t.path().join("missing").join("cgroup.procs")];
+    let s = spawn(
+        "ns:t:p",
+        &spec(),
+        &pattern,
+        ports,
+        &t.path().join("l"),
+        &procs,
+        "me",
+    )
+    .unwrap();
+    assert!(!s.joined_cgroups);
+    assert_eq!(
+        wait(&s),
+        nix::sys::wait::WaitStatus::Exited(Pid::from_raw(s.pid as i32), 0)
+    );
+}
+
+#[test]
+fn exec_and_directory_failures_are_errors_naming_the_cause() {
+    let t = tempfile::tempdir().unwrap();
+    let ports = Ports { grpc: 1, health: 2 };
+    let log = t.path().join("l");
+    let mut missing = sh_pattern(t.path(), "");
+    missing.executable = t.path().join("nope");
+    let e = spawn("ns:t:p", &spec(), &missing, ports, &log, &[], "me").unwrap_err();
+    let text = e.to_string();
+    assert!(text.starts_with("cannot execute "), "{text}");
+    assert!(text.contains("No such file or directory"), "{text}");
+
+    let mut not_exe = sh_pattern(t.path(), "");
+    not_exe.executable = log.clone();
+    let text = spawn("ns:t:p", &spec(), &not_exe, ports, &log, &[], "me")
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("Permission denied"), "{text}");
+
+    let gone = sh_pattern(&t.path().join("gone"), "exit 0");
+    let text = spawn("ns:t:p", &spec(), &gone, ports, &log, &[], "me")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("cannot enter the pattern directory"),
+        "{text}"
+    );
+}
+
+#[test]
+fn children_get_the_open_file_limit_the_launcher_started_with() {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    keep_child_fd_limit(512, hard);
+    let t = tempfile::tempdir().unwrap();
+    let mut cat = sh_pattern(t.path(), "");
+    cat.executable = PathBuf::from("/bin/cat");
+    cat.args = vec!["/proc/self/limits".into()];
+    let log = t.path().join("l");
+    let ports = Ports { grpc: 1, health: 2 };
+    let s = spawn("ns:t:p", &spec(), &cat, ports, &log, &[], "me").unwrap();
+    wait(&s);
+    let limits = std::fs::read_to_string(&log).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(line.split_whitespace().nth(3), Some("512"), "{line}");
+}
+
+#[test]
+fn an_executable_without_a_shebang_line_runs_under_sh() {
+    let t = tempfile::tempdir().unwrap();
+    let script = t.path().join("plain");
+    std::fs::write(&script, "echo \"plain script ran with $1\"\nexit 4\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut pattern = sh_pattern(t.path(), "");
+    pattern.executable = script;
+    pattern.args = vec!["an-arg".into()];
+    let log = t.path().join("l");
+    let ports = Ports { grpc: 1, health: 2 };
+    let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &[], "me").unwrap();
+    assert_eq!(
+        wait(&s),
+        nix::sys::wait::WaitStatus::Exited(Pid::from_raw(s.pid as i32), 4)
+    );
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out, "plain script ran with an-arg\n");
+}
+
+#[test]
+fn exits_are_described_by_code_or_signal() {
+    assert_eq!(
+        describe_exit(std::process::ExitStatus::from_raw(9)),
+        "killed by signal 9 (SIGKILL)"
+    );
+    assert_eq!(
+        describe_exit(std::process::ExitStatus::from_raw(1 << 8)),
+        "exited with status 1"
+    );
+}
+
+#[test]
+fn the_child_stack_has_a_guard_page_below_it() {
+    let mut stack = ChildStack::new().unwrap();
+    let usable = stack.as_mut_slice();
+    assert_eq!(usable.len(), CHILD_STACK);
+    usable[0] = 1; // the lowest usable byte is writable
+    let lowest = usable.as_ptr() as usize;
+    let guard = lowest - stack.page;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps
+        .lines()
+        .find(|l| {
+            let (range, _) = l.split_once(' ').unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b) = (
+                usize::from_str_radix(a, 16).unwrap(),
+                usize::from_str_radix(b, 16).unwrap(),
+            );
+            a <= guard && guard < b
+        })
+        .expect("the guard page is mapped");
+    assert!(line.contains(" ---p "), "not a guard page: {line}");
+}
+
+#[test]
+fn groups_zero_and_one_are_never_signalled() {
+    assert!(signal_group(0, Signal::SIGTERM).is_err());
+    assert!(signal_group(1, Signal::SIGTERM).is_err());
+}
