@@ -1,6 +1,11 @@
-//! The README's set-up instructions, run as a user would type them.
+//! The README's set-up instructions, run as a user would type them, and
+//! its examples against what the launcher prints.
+
+mod common;
 
 use std::path::Path;
+
+use common::TestEnv;
 use std::process::Command;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -46,7 +51,12 @@ fn the_readme_grpcurl_install_works_on_this_debian_machine() {
 #[test]
 fn the_readme_states_the_prerequisites_and_where_test_sh_leaves_grpcurl() {
     let text = readme();
-    for needed in ["Rust 1.85", "python3-venv", "target/test-tools/bin"] {
+    for needed in [
+        "Rust 1.85",
+        "python3-venv",
+        "target/test-tools/bin",
+        "`isolation_level` is only the default",
+    ] {
         assert!(text.contains(needed), "the README must mention {needed:?}");
     }
     let test_sh =
@@ -55,5 +65,95 @@ fn the_readme_states_the_prerequisites_and_where_test_sh_leaves_grpcurl() {
     assert!(
         test_sh.contains(pin) && text.contains(pin),
         "the README and scripts/test.sh must install the same grpcurl ({pin})"
+    );
+}
+
+/// `line` with every run of digits as `N` and every path as `P`: what
+/// differs between the README's machine and this one.
+fn shape(line: &str) -> String {
+    let words: Vec<String> = line
+        .split(' ')
+        .map(|w| {
+            if w.starts_with("./") || w.starts_with('/') {
+                "P".to_string()
+            } else {
+                let mut out = String::new();
+                let mut digits = false;
+                for c in w.chars() {
+                    if c.is_ascii_digit() {
+                        if !digits {
+                            out.push('N');
+                        }
+                        digits = true;
+                    } else {
+                        out.push(c);
+                        digits = false;
+                    }
+                }
+                out
+            }
+        })
+        .collect();
+    words.join(" ")
+}
+
+#[test]
+fn the_readme_start_up_lines_are_what_the_launcher_prints() {
+    let text = readme();
+    let at = text
+        .find("$ scripts/run.sh\n")
+        .expect("the quick start's first command");
+    let block = &text[at + "$ scripts/run.sh\n".len()..];
+    let block = &block[..block.find("```").expect("the block ends")];
+    let documented: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(documented.len() >= 4, "{documented:?}");
+
+    let env = TestEnv::builder()
+        .no_patterns()
+        .with_samples()
+        .default_port_range()
+        .start();
+    let printed: Vec<String> = env
+        .read_log()
+        .lines()
+        // Without the timestamp, as the README shows them.
+        .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).trim_start())
+        .map(shape)
+        .collect();
+    for line in &documented {
+        assert!(
+            printed.contains(&shape(line)),
+            "the README says\n  {line}\nbut the launcher printed:\n{}",
+            env.log_tail(20)
+        );
+    }
+    // And the README leaves none of the launcher's own start-up lines out.
+    let documented: Vec<String> = documented.iter().map(|l| shape(l)).collect();
+    for line in printed
+        .iter()
+        .filter(|l| {
+            l.contains(" prism_launcher: ") || l.contains(" prism_launcher::api::incoming: ")
+        })
+        .take_while(|l| !l.contains("started pid"))
+    {
+        assert!(
+            documented.contains(line),
+            "the launcher printed\n  {line}\nat start-up, which the README's quick start leaves out"
+        );
+    }
+}
+
+#[test]
+fn test_sh_builds_once() {
+    let test_sh =
+        std::fs::read_to_string(Path::new(REPO).join("scripts/test.sh")).expect("test.sh");
+    let runs: Vec<&str> = test_sh
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cargo ") && !l.starts_with("cargo nextest --version"))
+        .collect();
+    assert!(
+        !runs.iter().any(|l| l.contains("--doc")),
+        "a separate doctest build costs minutes and the crate has no doctests: {runs:?}"
     );
 }
