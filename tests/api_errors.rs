@@ -146,7 +146,7 @@ fn a_launch_that_cannot_be_persisted_is_unavailable_and_declares_nothing() {
         .map(|i| {
             let port = env.ports.grpc_port();
             std::thread::spawn(move || {
-                grpcurl_call(
+                grpc_call(
                     port,
                     "LaunchPattern",
                     &json!({"pattern_name": "test-pattern", "isolation": "ISOLATION_NAMESPACE",

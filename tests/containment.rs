@@ -2,7 +2,7 @@
 //! and surviving a launcher crash (the process table, adoption, orphan
 //! sweeps, `--keep-instances-on-exit`).
 //!
-//! Real binary, real processes, real grpcurl. These tests need root (or a
+//! Real binary, real processes. These tests need root (or a
 //! writable cgroup tree) and a cgroup v1 `memory` / `cpu` hierarchy or a
 //! writable v2 subtree, as on the CI machines.
 
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -39,36 +39,6 @@ fn shared() -> RwLockReadGuard<'static, ()> {
 
 fn exclusive() -> RwLockWriteGuard<'static, ()> {
     MEASURE.write().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Processes this test started itself (not through the launcher): SIGKILLed
-/// by pid and reaped when dropped, also when the test panics.
-#[derive(Default)]
-struct OwnProcesses {
-    children: Vec<Child>,
-}
-
-impl OwnProcesses {
-    fn spawn(&mut self, cmd: &mut Command) -> i64 {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}"));
-        let pid = i64::from(child.id());
-        self.children.push(child);
-        pid
-    }
-}
-
-impl Drop for OwnProcesses {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Empty cgroup directories left behind by a launcher that exited with
@@ -120,98 +90,6 @@ impl Drop for CgroupCleanup {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` from field 3 (state) on: field `n` of
-/// proc(5) is at index `n - 3`. The command name may hold anything, so
-/// fields are counted from the last ')'.
-fn stat_fields(pid: i64) -> Option<Vec<String>> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`, parsed.
-fn stat_num(pid: i64, n: usize) -> Option<u64> {
-    stat_fields(pid)?.get(n - 3)?.parse().ok()
-}
-
-/// Process state (field 3): R, S, D, T, Z, ...
-fn proc_state(pid: i64) -> Option<char> {
-    stat_fields(pid)?.first()?.chars().next()
-}
-
-/// Session id (field 6).
-fn session_of(pid: i64) -> Option<u64> {
-    stat_num(pid, 6)
-}
-
-/// Start time in clock ticks after boot (field 22).
-fn start_time(pid: i64) -> Option<u64> {
-    stat_num(pid, 22)
-}
-
-/// utime + stime (fields 14 and 15, all threads of the process), in ticks.
-fn cpu_ticks(pid: i64) -> Option<u64> {
-    Some(stat_num(pid, 14)? + stat_num(pid, 15)?)
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`).
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf only reads a configuration value; no memory of ours
-    // is involved.
-    let t = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
-    assert!(t > 0, "sysconf(_SC_CLK_TCK) failed: {t}");
-    t as f64
-}
-
-/// The directory of `pid`'s cgroup in the hierarchy of `controller`
-/// (`memory`, `cpu`, ...): its line of `/proc/<pid>/cgroup` joined to where
-/// that hierarchy is mounted (from `/proc/self/mountinfo`). cgroup v2 (the
-/// `0::` line) when no v1 hierarchy has that controller.
-fn cgroup_dir(pid: i64, controller: &str) -> Option<PathBuf> {
-    let lines = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // (fstype, super options, mount root, mount point)
-    let mounts: Vec<(String, Vec<String>, String, String)> = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let pre: Vec<&str> = pre.split_whitespace().collect();
-            let post: Vec<&str> = post.split_whitespace().collect();
-            Some((
-                post.first()?.to_string(),
-                post.get(2)?.split(',').map(str::to_string).collect(),
-                pre.get(3)?.to_string(),
-                pre.get(4)?.to_string(),
-            ))
-        })
-        .collect();
-    let join = |root: &str, mount_point: &str, path: &str| {
-        let rel = path.strip_prefix(root).unwrap_or(path);
-        let rel = rel.trim_start_matches('/');
-        PathBuf::from(mount_point).join(rel)
-    };
-    for line in lines.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if controllers.split(',').any(|c| c == controller) {
-            let (_, _, root, mp) = mounts
-                .iter()
-                .find(|(fs, opts, _, _)| fs == "cgroup" && opts.iter().any(|o| o == controller))?;
-            return Some(join(root, mp, path));
-        }
-    }
-    let path = lines.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let (_, _, root, mp) = mounts.iter().find(|(fs, _, _, _)| fs == "cgroup2")?;
-    Some(join(root, mp, path))
-}
-
-/// A trimmed cgroup file, "" if it cannot be read.
-fn cgroup_file(dir: &Path, name: &str) -> String {
-    fs::read_to_string(dir.join(name))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// A manifest running the test-pattern binary as `name` with a
 /// `resources:` section (the harness's `PatternSpec` has none). No health
 /// port: instances get theirs from the test's port range.
@@ -242,13 +120,6 @@ fn free_port() -> u16 {
 /// 2-core machine does not trip: the tests using it assert that pids stay.
 fn patient_test_pattern() -> PatternSpec {
     PatternSpec::test_pattern().interval("2s").timeout("5s")
-}
-
-/// `process_id -> pid` of every listed instance.
-fn listed_pids(list: &[Value]) -> BTreeMap<String, i64> {
-    list.iter()
-        .map(|p| (jstr(p, "processId"), jint(p, "pid")))
-        .collect()
 }
 
 /// Waits until ListPatterns shows exactly the instances of `expected`, each

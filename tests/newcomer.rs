@@ -230,15 +230,9 @@ fn the_run_script_lets_the_users_flags_win() {
         .spawn()
         .expect("run scripts/run.sh");
     let pgid = Pid::from_raw(child.id() as i32);
+    // As the user checks it: `grpcurl -plaintext 127.0.0.1:<port> list`.
     let served = wait_until(READY_TIMEOUT, || {
-        child.try_wait().ok().flatten().is_none()
-            && Command::new(grpcurl())
-                .args(["-plaintext", "-max-time", "5"])
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("list")
-                .stderr(Stdio::null())
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(SERVICE))
+        child.try_wait().ok().flatten().is_none() && grpcurl_lists_service(port)
     });
     let _ = killpg(pgid, Signal::SIGTERM);
     let stopped = wait_until(STOP_TIMEOUT, || child.try_wait().ok().flatten().is_some());
