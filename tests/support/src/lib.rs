@@ -1,6 +1,7 @@
 //! Test support of prism-launcher, shared by the integration tests
-//! (`tests/*.rs`, through `tests/common/mod.rs`) and the benches: one copy
-//! of the harness instead of one per includer.
+//! (`tests/*.rs`, through `tests/common/mod.rs`), the benches and
+//! `tests/bench_smoke.rs`: one copy of the harness instead of one per
+//! includer.
 //!
 //! The integration tests run the real `prism-launcher` binary in a temp
 //! dir, on ports of their own ([`TestEnv`]), and call it through the
@@ -18,7 +19,8 @@
 //! - [`grpc`]: the tonic client, grpcurl's JSON, the real grpcurl;
 //! - [`manifest`]: pattern manifests and desired-state documents;
 //! - [`launcher`]: the launcher process;
-//! - [`env`]: a test's world and its calls.
+//! - [`env`]: a test's world and its calls;
+//! - [`lifecycle`]: the scenarios of the `lifecycle` and `planner` benches.
 
 pub mod bins;
 pub mod cgroup;
@@ -27,6 +29,7 @@ pub mod files;
 pub mod grpc;
 pub mod http;
 pub mod launcher;
+pub mod lifecycle;
 pub mod manifest;
 pub mod ports;
 pub mod procs;
