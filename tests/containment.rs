@@ -712,10 +712,10 @@ fn an_instance_undeclared_while_the_launcher_was_down_is_stopped_and_a_look_alik
     );
     env.wait_unlisted(dropped);
 
-    // Negative assertion: with --orphan-sweep-interval 1s, 3 s cover the
-    // start-up sweep and at least two periodic ones; nothing observable
-    // marks a sweep that found nothing, so this is a fixed wait.
-    std::thread::sleep(Duration::from_secs(3));
+    // Negative assertion: after the start-up sweep, three more sweeps
+    // (--orphan-sweep-interval 1s) leave the look-alike alone.
+    let kept_pid = *kept_pids.values().next().expect("a kept instance");
+    wait_orphan_sweeps(kept_pid, 3);
     assert!(
         pid_alive(look_alike),
         "a process the launcher did not start (pid {look_alike}) was killed\n--- launcher log ---\n{}",
@@ -781,9 +781,9 @@ fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled() {
     env.launcher().restart();
     let expected = BTreeMap::from([(real.to_string(), real_pid)]);
     wait_same_pids_running(&env, &expected);
-    // Negative assertion: 3 s cover the start-up sweep and at least two
-    // periodic ones (--orphan-sweep-interval 1s); a fixed wait.
-    std::thread::sleep(Duration::from_secs(3));
+    // Negative assertion: after the start-up sweep, three more sweeps
+    // (--orphan-sweep-interval 1s) leave the sleep alone.
+    wait_orphan_sweeps(real_pid, 3);
     let state = proc_state(sleeper);
     assert!(
         pid_alive(sleeper) && !matches!(state, Some('T' | 't' | 'Z')),

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use serde_json::Value;
@@ -207,10 +207,10 @@ fn a_kill_during_a_burst_of_launches_leaves_one_process_per_instance_after_the_r
     let found = log.lines().find(|l| l.contains("running instances found"));
     println!("{adopted} instances adopted after the restart ({found:?})");
 
-    // Negative assertion: with --orphan-sweep-interval 1s, 3 s cover at
-    // least two sweeps; nothing marks a sweep that found nothing, so this
-    // is a fixed wait.
-    std::thread::sleep(Duration::from_secs(3));
+    // Negative assertion: three orphan sweeps (--orphan-sweep-interval 1s)
+    // change no instance process.
+    let any_pid = i64::from(*pids.values().next().expect("an instance"));
+    wait_orphan_sweeps(any_pid, 3);
     let after = assert_one_process_each(&env, &ids, "after orphan sweeps");
     assert_eq!(after, pids, "an instance process changed during the sweeps");
 }
@@ -316,10 +316,10 @@ fn a_table_entry_naming_a_process_outside_the_cgroup_is_not_adopted_nor_signalle
         "the instance should be its process in its cgroup, not the recorded one: {back}\n--- launcher log ---\n{}",
         env.log_tail(40)
     );
-    // Negative assertion: 3 s cover the start-up timeout (2 s) of anything
-    // adopted by mistake and at least two orphan sweeps (1 s); nothing
-    // marks that nothing happened, so this is a fixed wait.
-    std::thread::sleep(Duration::from_secs(3));
+    // Negative assertion: three orphan sweeps (--orphan-sweep-interval 1s),
+    // so at least two sweep intervals, which also cover the start-up
+    // timeout (2 s) of anything adopted by mistake, leave the sleep alone.
+    wait_orphan_sweeps(real_pid, 3);
     let state = proc_state(sleeper_pid);
     assert!(
         matches!(state, Some('S' | 'R')),

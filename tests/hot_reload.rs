@@ -357,7 +357,8 @@ fn rebuild_and_watch(env: &TestEnv) -> (usize, BTreeSet<String>, usize) {
     let start = Instant::now();
     let (mut max_down, mut worst, mut samples) = (0, String::new(), 0);
     let mut seen_down = BTreeSet::new();
-    loop {
+    let mut last = Vec::new();
+    let done = wait_until_every(WAIT, Duration::from_millis(20), || {
         let list = api.list();
         samples += 1;
         let by_id: BTreeMap<&str, &proto::PatternInfo> =
@@ -377,16 +378,14 @@ fn rebuild_and_watch(env: &TestEnv) -> (usize, BTreeSet<String>, usize) {
                 .get(id.as_str())
                 .is_some_and(|p| info_running(p) && p.pid != old[id])
         });
-        if done {
-            break;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "the instances were not all restarted within {WAIT:?}: {list:?}\n--- launcher log ---\n{}",
-            env.log_tail(60)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        last = list;
+        done
+    });
+    assert!(
+        done,
+        "the instances were not all restarted within {WAIT:?}: {last:?}\n--- launcher log ---\n{}",
+        env.log_tail(60)
+    );
     eprintln!(
         "rollout took {:?}, {samples} samples, at most {max_down} down at once; worst sample {worst}",
         start.elapsed()
