@@ -13,7 +13,6 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,20 +25,6 @@ const MIB_64: u64 = 64 * 1024 * 1024;
 // ---------------------------------------------------------------------------
 // Helpers of this file
 // ---------------------------------------------------------------------------
-
-/// The tests of this file run in parallel threads, except the CPU
-/// measurement: it holds this lock exclusively, every other test holds it
-/// shared, so that the launches and restarts of the others do not starve
-/// the measured process on a 2-core machine.
-static MEASURE: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    MEASURE.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    MEASURE.write().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Empty cgroup directories left behind by a launcher that exited with
 /// `--keep-instances-on-exit` (its instances are then killed by the
@@ -182,7 +167,6 @@ fn assert_all_alive(pids: &BTreeMap<String, i64>, when: &str) {
 
 #[test]
 fn a_pattern_allocating_past_its_memory_limit_is_oom_killed_reported_and_restarted() {
-    let _measure = shared();
     let env = TestEnv::builder()
         .raw_manifest("hog", &limited_manifest("hog", &[("memory_limit", "64Mi")]))
         .start();
@@ -328,7 +312,6 @@ fn replace_manifest(env: &TestEnv, dir: &str, yaml: &str) {
 
 #[test]
 fn a_crash_restart_keeps_the_cgroup_limits_and_a_manifest_change_rewrites_them() {
-    let _measure = shared();
     let env = TestEnv::builder()
         .raw_manifest(
             "capped",
@@ -391,7 +374,6 @@ fn a_crash_restart_keeps_the_cgroup_limits_and_a_manifest_change_rewrites_them()
 
 #[test]
 fn a_busy_pattern_with_half_a_core_uses_at_most_about_half_a_core() {
-    let _measure = exclusive();
     let env = TestEnv::builder()
         .raw_manifest(
             "spinner",
@@ -440,7 +422,8 @@ fn a_busy_pattern_with_half_a_core_uses_at_most_about_half_a_core() {
     let t0 = Instant::now();
     let c0 = cpu_ticks(pid).expect("stat at the start of the window");
     let th0 = throttled();
-    // The measurement window.
+    // The measurement window: CPU time over this much wall time (nothing
+    // to wait for; the test runs alone, see .config/nextest.toml).
     std::thread::sleep(Duration::from_secs(5));
     let c1 = cpu_ticks(pid).expect("stat at the end of the window");
     let th1 = throttled();
@@ -484,7 +467,6 @@ fn a_busy_pattern_with_half_a_core_uses_at_most_about_half_a_core() {
 
 #[test]
 fn a_double_forked_grandchild_in_its_own_session_does_not_survive_terminate() {
-    let _measure = shared();
     let env = TestEnv::start();
     let id = "ns:escape:test-pattern";
     let child_file = env.path("grandchild.pid");
@@ -558,7 +540,6 @@ fn a_double_forked_grandchild_in_its_own_session_does_not_survive_terminate() {
 
 #[test]
 fn after_a_launcher_crash_the_next_launcher_adopts_all_instances_and_still_notices_their_exit() {
-    let _measure = shared();
     // Liveness probes once an hour: only the exit watch can notice the
     // kill -9 of an adopted instance below.
     let mut env = TestEnv::builder()
@@ -645,7 +626,6 @@ fn after_a_launcher_crash_the_next_launcher_adopts_all_instances_and_still_notic
 
 #[test]
 fn an_instance_undeclared_while_the_launcher_was_down_is_stopped_and_a_look_alike_is_left_alone() {
-    let _measure = shared();
     let mut env = TestEnv::builder()
         .pattern(patient_test_pattern())
         .arg("--orphan-sweep-interval")
@@ -734,7 +714,6 @@ fn an_instance_undeclared_while_the_launcher_was_down_is_stopped_and_a_look_alik
 
 #[test]
 fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled() {
-    let _measure = shared();
     let mut env = TestEnv::builder()
         .pattern(patient_test_pattern())
         .arg("--orphan-sweep-interval")
@@ -809,7 +788,6 @@ fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled() {
 
 #[test]
 fn keep_instances_on_exit_leaves_them_running_for_the_next_launcher() {
-    let _measure = shared();
     let mut cgroups = CgroupCleanup::default();
     let mut env = TestEnv::builder()
         .pattern(patient_test_pattern())
@@ -846,7 +824,6 @@ fn keep_instances_on_exit_leaves_them_running_for_the_next_launcher() {
 
 #[test]
 fn an_adopted_instance_that_stops_answering_its_health_checks_is_restarted() {
-    let _measure = shared();
     let mut env = TestEnv::builder()
         .pattern(PatternSpec::test_pattern().failure_threshold(2))
         .arg("--startup-timeout")
