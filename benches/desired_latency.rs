@@ -24,23 +24,24 @@
 //! Run by `cargo test` / `cargo nextest` (no `--bench` argument) it does
 //! nothing.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{
-    Api, LAUNCHER_BIN, PatternSpec, PortBlock, STOP_TIMEOUT, TEST_PATTERN_BIN, desired_doc,
-    info_running, kill_token_processes, read_lossy, token_pids,
-};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use prism_testkit::{
+    Api, PatternSpec, PortBlock, STOP_TIMEOUT, desired_doc, file_len, info_running,
+    kill_token_processes, read_lossy, tail, token_pids,
+};
+
+/// The launcher and the pattern, as cargo built them for this bench.
+const LAUNCHER_BIN: &str = env!("CARGO_BIN_EXE_prism-launcher");
+const TEST_PATTERN_BIN: &str = env!("CARGO_BIN_EXE_test-pattern");
 
 const DEFAULT_FILES: usize = 100;
 /// Longest wait for one file's instance.
@@ -89,15 +90,6 @@ impl Drop for Launcher {
         }
         kill_token_processes(&self.token);
     }
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn file_len(path: &Path) -> u64 {
-    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Nearest-rank percentile of sorted `v` (`p` in 0..=100).
@@ -157,7 +149,10 @@ fn main() {
     }
     // Two ports per instance, plus the gRPC and health ports.
     let ports = PortBlock::allocate_ports(u16::try_from(files * 2 + 20).expect("too many files"));
-    let spec = PatternSpec::test_pattern().interval("30s").timeout("5s");
+    let spec = PatternSpec::test_pattern()
+        .executable(TEST_PATTERN_BIN)
+        .interval("30s")
+        .timeout("5s");
     fs::create_dir_all(patterns.join(&spec.name)).expect("create pattern dir");
     fs::write(
         patterns.join(&spec.name).join("manifest.yaml"),

@@ -6,8 +6,9 @@
 //! (a no-op when they are fresh; cargo has released its build lock by the time
 //! a bench runs) and drives the binaries that build reports, so the figures
 //! are always those of the current source in the release profile. Then it
-//! runs every scenario of `benches/lifecycle/scenarios.rs` (see its doc for
-//! what is measured and how) and prints one table: each figure's median and
+//! runs every scenario of the test kit's `lifecycle` module
+//! (`tests/support/src/lifecycle/`; see its doc for what is measured and
+//! how) and prints one table: each figure's median and
 //! p95, the matching raw figure (the same pattern spawned by a plain loop,
 //! no launcher), the ratio, and the target of issue 5 with PASS/MISS (on the
 //! median). The criterion bench `planner` measures the planner alone more
@@ -29,14 +30,11 @@
 //! Run by `cargo test --all-targets` or nextest (no `--bench` argument) it
 //! does nothing.
 
-#[path = "lifecycle/scenarios.rs"]
-mod scenarios;
-
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use scenarios::{Bins, Params};
+use prism_testkit::lifecycle::{self as scenarios, Bins, Params};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -4,17 +4,14 @@
 //! instances, each observed RUNNING with a live process: with nothing to
 //! do, and with 1 % of them changed (their desired config differs from the
 //! one their process runs with: one Stop each). The inputs are built
-//! through the public API (`benches/lifecycle/scenarios.rs`,
-//! `planner_inputs`). Target of issue 5: a pass with nothing to do in at
+//! through the public API (the test kit's `lifecycle::planner_inputs`,
+//! shared with `cargo bench --bench lifecycle`). Target of issue 5: a pass with nothing to do in at
 //! most 2 ms on a 2-core machine.
-
-#[path = "lifecycle/scenarios.rs"]
-mod scenarios;
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use scenarios::planner_inputs::world;
+use prism_testkit::lifecycle::planner_inputs::world;
 
 const N: usize = 10_000;
 

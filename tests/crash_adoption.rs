@@ -5,8 +5,8 @@
 //! burst of launches, a truncated process table, and a table entry that
 //! names a process outside the instance's cgroup.
 //!
-//! Real binary, real processes, real grpcurl; needs what
-//! `tests/containment.rs` needs (root, a cgroup tree).
+//! Real binary, real processes; needs what `tests/containment.rs` needs
+//! (root, a cgroup tree).
 
 mod common;
 
@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use serde_json::Value;
@@ -102,13 +102,6 @@ fn launch_burst(port: u16, namespaces: &[String]) -> JoinHandle<usize> {
     })
 }
 
-/// `process_id -> pid` of every listed instance.
-fn listed_pids(list: &[Value]) -> BTreeMap<String, i64> {
-    list.iter()
-        .map(|p| (jstr(p, "processId"), jint(p, "pid")))
-        .collect()
-}
-
 /// Waits until exactly `ids` are listed, each RUNNING and healthy.
 fn wait_all_running(env: &TestEnv, ids: &[String]) -> Vec<Value> {
     let mut last = Vec::new();
@@ -130,35 +123,6 @@ fn wait_all_running(env: &TestEnv, ids: &[String]) -> Vec<Value> {
             env.log_tail(80)
         )
     })
-}
-
-/// Processes the test starts itself: SIGKILLed by pid and reaped when
-/// dropped, also when the test panics.
-#[derive(Default)]
-struct OwnProcesses(Vec<Child>);
-
-impl Drop for OwnProcesses {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Fields of `/proc/<pid>/stat` from field 3 (state) on.
-fn stat_fields(pid: i64) -> Option<Vec<String>> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-fn start_time(pid: i64) -> Option<u64> {
-    stat_fields(pid)?.get(22 - 3)?.parse().ok()
-}
-
-fn proc_state(pid: i64) -> Option<char> {
-    stat_fields(pid)?.first()?.chars().next()
 }
 
 fn process_ids(namespaces: &[String]) -> Vec<String> {
@@ -243,10 +207,10 @@ fn a_kill_during_a_burst_of_launches_leaves_one_process_per_instance_after_the_r
     let found = log.lines().find(|l| l.contains("running instances found"));
     println!("{adopted} instances adopted after the restart ({found:?})");
 
-    // Negative assertion: with --orphan-sweep-interval 1s, 3 s cover at
-    // least two sweeps; nothing marks a sweep that found nothing, so this
-    // is a fixed wait.
-    std::thread::sleep(Duration::from_secs(3));
+    // Negative assertion: three orphan sweeps (--orphan-sweep-interval 1s)
+    // change no instance process.
+    let any_pid = i64::from(*pids.values().next().expect("an instance"));
+    wait_orphan_sweeps(any_pid, 3);
     let after = assert_one_process_each(&env, &ids, "after orphan sweeps");
     assert_eq!(after, pids, "an instance process changed during the sweeps");
 }
@@ -328,14 +292,7 @@ fn a_table_entry_naming_a_process_outside_the_cgroup_is_not_adopted_nor_signalle
     // A process of the test's own, in a process group of its own, recorded
     // with its real start time as the instance's process.
     let mut own = OwnProcesses::default();
-    let sleeper = Command::new("sleep")
-        .arg("600")
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn sleep");
-    let sleeper_pid = i64::from(sleeper.id());
-    own.0.push(sleeper);
+    let sleeper_pid = own.spawn(Command::new("sleep").arg("600").process_group(0));
     let sleeper_start =
         wait_for(WAIT, || start_time(sleeper_pid)).expect("start time of the sleep");
     let table_path = env.state_dir.join("processes.json");
@@ -359,10 +316,10 @@ fn a_table_entry_naming_a_process_outside_the_cgroup_is_not_adopted_nor_signalle
         "the instance should be its process in its cgroup, not the recorded one: {back}\n--- launcher log ---\n{}",
         env.log_tail(40)
     );
-    // Negative assertion: 3 s cover the start-up timeout (2 s) of anything
-    // adopted by mistake and at least two orphan sweeps (1 s); nothing
-    // marks that nothing happened, so this is a fixed wait.
-    std::thread::sleep(Duration::from_secs(3));
+    // Negative assertion: three orphan sweeps (--orphan-sweep-interval 1s),
+    // so at least two sweep intervals, which also cover the start-up
+    // timeout (2 s) of anything adopted by mistake, leave the sleep alone.
+    wait_orphan_sweeps(real_pid, 3);
     let state = proc_state(sleeper_pid);
     assert!(
         matches!(state, Some('S' | 'R')),
@@ -462,14 +419,7 @@ fn an_instance_is_not_started_beside_a_process_left_in_its_cgroup() {
     signal(old_pid, nix::sys::signal::Signal::SIGKILL);
     assert!(wait_until(WAIT, || !pid_alive(old_pid)));
     let mut own = OwnProcesses::default();
-    let stray = Command::new("sleep")
-        .arg("600")
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn sleep");
-    let stray_pid = i64::from(stray.id());
-    own.0.push(stray);
+    let stray_pid = own.spawn(Command::new("sleep").arg("600").process_group(0));
     for dir in &cgroups {
         fs::write(format!("{dir}/cgroup.procs"), stray_pid.to_string())
             .unwrap_or_else(|e| panic!("cannot move pid {stray_pid} into {dir}: {e}"));

@@ -579,12 +579,12 @@ fn burst_check(env: &TestEnv, expected: &BTreeMap<usize, u64>) -> Result<(), Str
 fn wait_converged(env: &TestEnv, expected: &BTreeMap<usize, u64>, phase: &str) -> Duration {
     let start = Instant::now();
     let mut last = String::new();
-    let ok = wait_until(SETTLE, || {
+    // Checked every 500 ms: a check lists 500 instances and scans /proc.
+    let ok = wait_until_every(SETTLE, Duration::from_millis(500), || {
         match burst_check(env, expected) {
             Ok(()) => return true,
             Err(e) => last = e,
         }
-        std::thread::sleep(Duration::from_millis(500));
         false
     });
     assert!(

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::{Signal, killpg};
@@ -29,24 +29,21 @@ fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
         .process_group(0)
         .spawn()
         .expect("spawn the launcher");
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let out = child.wait_with_output().expect("output");
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return (status, text);
-        }
-        if Instant::now() >= deadline {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-            panic!("the launcher did not exit within {READY_TIMEOUT:?} with {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let exited = wait_for_every(READY_TIMEOUT, Duration::from_millis(20), || {
+        child.try_wait().expect("wait")
+    });
+    let Some(status) = exited else {
+        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+        panic!("the launcher did not exit within {READY_TIMEOUT:?} with {args:?}");
+    };
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (status, text)
 }
 
 #[test]
@@ -230,15 +227,9 @@ fn the_run_script_lets_the_users_flags_win() {
         .spawn()
         .expect("run scripts/run.sh");
     let pgid = Pid::from_raw(child.id() as i32);
+    // As the user checks it: `grpcurl -plaintext 127.0.0.1:<port> list`.
     let served = wait_until(READY_TIMEOUT, || {
-        child.try_wait().ok().flatten().is_none()
-            && Command::new(grpcurl())
-                .args(["-plaintext", "-max-time", "5"])
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("list")
-                .stderr(Stdio::null())
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(SERVICE))
+        child.try_wait().ok().flatten().is_none() && grpcurl_lists_service(port)
     });
     let _ = killpg(pgid, Signal::SIGTERM);
     let stopped = wait_until(STOP_TIMEOUT, || child.try_wait().ok().flatten().is_some());

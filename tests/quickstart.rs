@@ -1,5 +1,6 @@
 //! The quick start, step by step, against the real binary and the sample
 //! patterns: isolation levels, shared instances, health counts, terminate.
+//! Every call is a `grpcurl` process, as the README has the user type it.
 
 mod common;
 
@@ -11,7 +12,10 @@ use serde_json::json;
 
 #[test]
 fn quick_start_walkthrough_behaves_as_documented() {
-    let builder = TestEnv::builder().with_samples().default_port_range();
+    let builder = TestEnv::builder()
+        .with_samples()
+        .default_port_range()
+        .via_grpcurl();
     // Checked before the launcher starts (and after taking the default
     // range's lock): only then can the contract promise the first ports.
     let grpc_50051_free = port_free(50051);
