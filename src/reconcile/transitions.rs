@@ -299,31 +299,20 @@ pub fn close_circuit(o: &mut ObservedInstance) -> bool {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
     use std::sync::Arc;
 
     use super::*;
     use crate::reconcile::observed::Ports;
-    use crate::spec::manifest::{HealthCheck, Pattern, Resources};
+    use crate::spec::manifest::{Pattern, Resources};
     use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 
     fn instance(phase: Phase) -> ObservedInstance {
         let pattern = Pattern {
-            name: "p".into(),
-            version: "1".into(),
-            dir: PathBuf::from("/p"),
-            executable: PathBuf::from("/p/x"),
-            args: vec![],
-            isolation: Isolation::Namespace,
-            health: HealthCheck::default(),
             resources: Resources {
                 memory_limit: Some(64 << 20),
                 ..Resources::default()
             },
-            environment: BTreeMap::new(),
-            config_keys: None,
-            inherit_env: Vec::new(),
-            exe_hash: 0,
+            ..Pattern::sample("p")
         };
         let spec = InstanceSpec::new(
             InstanceKey::new("p", Isolation::Namespace, "t", "").unwrap(),

@@ -204,6 +204,25 @@ fn env_names(file: &str, key: &str, s: &Spanned<Vec<String>>) -> Result<Vec<Stri
 }
 
 impl Pattern {
+    /// A pattern named `name` with every default, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(name: &str) -> Pattern {
+        Pattern {
+            name: name.into(),
+            version: "1".into(),
+            dir: PathBuf::from("/p"),
+            executable: PathBuf::from("/p/x"),
+            args: vec![],
+            isolation: Isolation::Namespace,
+            health: HealthCheck::default(),
+            resources: Resources::default(),
+            environment: BTreeMap::new(),
+            config_keys: None,
+            inherit_env: Vec::new(),
+            exe_hash: 0,
+        }
+    }
+
     /// Checks an instance's config against this pattern's `config_keys`
     /// (the general rules are [`crate::spec::validate_config`]'s).
     ///

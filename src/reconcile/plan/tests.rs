@@ -1,29 +1,15 @@
 //! Unit tests of the parent module.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use super::*;
 use crate::desired::Source;
 use crate::reconcile::observed::{Ports, ProcessInfo, StopRequest, Stopping};
-use crate::spec::manifest::{HealthCheck, Pattern, Resources};
+use crate::spec::manifest::Pattern;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 
 fn pattern() -> Pattern {
-    Pattern {
-        name: "p".into(),
-        version: "1".into(),
-        dir: PathBuf::from("/p"),
-        executable: PathBuf::from("/p/x"),
-        args: vec![],
-        isolation: Isolation::Namespace,
-        health: HealthCheck::default(),
-        resources: Resources::default(),
-        environment: BTreeMap::new(),
-        config_keys: None,
-        inherit_env: Vec::new(),
-        exe_hash: 0,
-    }
+    Pattern::sample("p")
 }
 
 fn spec(ns: &str) -> InstanceSpec {
