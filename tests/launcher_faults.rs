@@ -65,7 +65,19 @@ impl ReadOnly {
 
     fn release(&mut self) {
         if std::mem::take(&mut self.mounted) {
-            let _ = Command::new("umount").arg(&self.dir).status();
+            // Lazily: the launcher may hold files open through the mount
+            // (its log threads do); new opens see the writable directory
+            // at once either way.
+            let ok = Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok || std::thread::panicking(),
+                "cannot unmount {}",
+                self.dir.display()
+            );
         }
     }
 }
