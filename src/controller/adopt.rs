@@ -281,17 +281,27 @@ impl<R: Runtime> Controller<R> {
         if self.orphans.is_reaping(id) {
             return true;
         }
-        if self.observed.contains_key(id) {
+        // Only before its first start: later, what runs in its cgroup is
+        // its own (a launch reserves the entry and its ports up front).
+        let first_start = self
+            .observed
+            .get(id)
+            .is_none_or(|o| o.process.is_none() && o.exited_at.is_none());
+        if !first_start {
             return false;
         }
         let pids = self.rt.cgroup_pids(id);
         if pids.is_empty() {
             return false;
         }
-        if let Some(f) = self.rt.found_in_cgroup(id)
-            && self.adopt_one(f, None)
-        {
-            return true;
+        if let Some(f) = self.rt.found_in_cgroup(id) {
+            // Adopted, it takes the ports it runs with.
+            if let Some(reserved) = self.observed.remove(id) {
+                self.ports.release(reserved.ports);
+            }
+            if self.adopt_one(f, None) {
+                return true;
+            }
         }
         self.reap(id.to_string(), &pids, now);
         true

@@ -493,3 +493,36 @@ async fn a_changed_manifest_restarts_its_instances_one_at_a_time() {
         .collect();
     assert_eq!(order, expected);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_first_start_waits_until_what_runs_in_the_cgroup_is_gone() {
+    let sim = Sim::start(&["p"], Behaviour::default(), |_| {});
+    // After the start-up sweep, something unmarked runs in the cgroup of
+    // an instance nobody declared yet (the next sweep is a minute away).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    sim.fake.state().orphans.insert("ns:a:p".into(), vec![555]);
+    let id = sim.launch("a").await;
+    let termed = sim
+        .until_call("SIGTERM to the leftovers", |c| {
+            *c == Call::SignalPids {
+                pids: vec![555],
+                sig: Signal::SIGTERM,
+            }
+        })
+        .await;
+    let killed = sim
+        .until_call("SIGKILL to the leftovers", |c| {
+            *c == Call::KillCgroup {
+                process_id: id.clone(),
+            }
+        })
+        .await;
+    assert_eq!(killed - termed, PlanConfig::default().default_grace);
+    sim.until("started", |_| !sim.starts(&id).is_empty()).await;
+    let started = sim.starts(&id)[0].0;
+    assert!(
+        started >= killed,
+        "a second copy started beside the leftovers: {:?}",
+        sim.fake.calls()
+    );
+}
