@@ -4,6 +4,8 @@
 //! It answers callers; what happens to processes is the planner's.
 
 use super::*;
+use crate::runtime::ports::Exhausted;
+use crate::spec::manifest::Pattern;
 
 impl<R: Runtime> Controller<R> {
     pub(super) fn command(&mut self, cmd: Command) {
@@ -95,32 +97,23 @@ impl<R: Runtime> Controller<R> {
         }
         // A new instance gets its ports now: when the range is used up the
         // call is refused at once, and nothing is declared.
-        let new_ports = if self.observed.contains_key(&id) || self.desired.get(&id).is_some() {
-            None
-        } else {
-            Some(self.ports.assign(pattern.health.port).map_err(|e| {
-                let msg = format!(
+        let new = !self.observed.contains_key(&id) && self.desired.get(&id).is_none();
+        if new {
+            self.reserve(&id, spec.clone(), pattern).map_err(|e| {
+                CommandError::ResourceExhausted(format!(
                     "cannot launch {id}: {e} (--port-range); terminate instances or widen the range"
-                );
-                if !std::mem::replace(&mut self.ports_exhausted_logged, true) {
-                    tracing::warn!("{msg}");
-                }
-                CommandError::ResourceExhausted(msg)
-            })?)
-        };
-        let declared = match self.desired.declare(Source::Api, spec.clone()) {
+                ))
+            })?;
+        }
+        let declared = match self.desired.declare(Source::Api, spec) {
             Ok(d) => d,
             Err(e) => {
-                if let Some(ports) = new_ports {
-                    self.ports.release(ports);
+                if new && let Some(o) = self.observed.remove(&id) {
+                    self.ports.release(o.ports);
                 }
                 return Err(CommandError::FailedPrecondition(e.to_string()));
             }
         };
-        if let Some(ports) = new_ports {
-            self.observed
-                .insert(id.clone(), ObservedInstance::new(spec, pattern, ports));
-        }
         // A launch of a running instance changes nothing: no new snapshot.
         let mut changed = declared != Declared::Unchanged;
         let mut failed_starts = 0;
@@ -236,5 +229,25 @@ impl<R: Runtime> Controller<R> {
             tracing::error!("cannot persist API declarations: {e}");
             format!("cannot persist the declaration: {e}")
         })
+    }
+
+    /// Gives a new instance its observed entry and its ports, before its
+    /// first start. A used-up range is logged once until a port is freed.
+    pub(super) fn reserve(
+        &mut self,
+        id: &str,
+        spec: InstanceSpec,
+        pattern: Arc<Pattern>,
+    ) -> Result<(), Exhausted> {
+        let ports = self.ports.assign(pattern.health.port).inspect_err(|e| {
+            if !std::mem::replace(&mut self.ports_exhausted_logged, true) {
+                tracing::warn!(
+                    "{id}: cannot start: {e} (--port-range); terminate instances or widen the range"
+                );
+            }
+        })?;
+        self.observed
+            .insert(id.to_string(), ObservedInstance::new(spec, pattern, ports));
+        Ok(())
     }
 }

@@ -181,21 +181,11 @@ impl<R: Runtime> Controller<R> {
         if self.still_running(id, now) {
             return;
         }
-        if !self.observed.contains_key(id) {
-            let ports = match self.ports.assign(pattern.health.port) {
-                Ok(p) => p,
-                Err(e) => {
-                    // Retried every pass: said once until a port is freed.
-                    if !std::mem::replace(&mut self.ports_exhausted_logged, true) {
-                        tracing::error!("{id}: cannot start: {e} (--port-range)");
-                    }
-                    return;
-                }
-            };
-            self.observed.insert(
-                id.to_string(),
-                ObservedInstance::new(spec.clone(), pattern.clone(), ports),
-            );
+        // Retried every pass while the port range is used up.
+        if !self.observed.contains_key(id)
+            && self.reserve(id, spec.clone(), pattern.clone()).is_err()
+        {
+            return;
         }
         let offset = self.rt.log_len(id);
         let epoch = self.next_epoch;

@@ -34,6 +34,13 @@ pub use discover::Found;
 pub use spawn::SpawnError;
 pub use table::Entry;
 
+/// True for an OS error saying the launcher itself ran out of something
+/// (descriptors, buffers, memory): never the failure of an instance.
+pub fn out_of_resources(code: i32) -> bool {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(code, EMFILE | ENFILE | ENOBUFS | ENOMEM)
+}
+
 /// What the controller asks to start.
 #[derive(Debug, Clone, Copy)]
 pub struct StartRequest<'a> {

@@ -73,13 +73,12 @@ pub enum ProbeFailure {
 /// The launcher's own OS error in `e`'s source chain, if any: out of
 /// descriptors (EMFILE, ENFILE), buffers (ENOBUFS) or memory (ENOMEM).
 pub fn launcher_side(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error> {
-    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
     let mut next = Some(e);
     while let Some(err) = next {
         if let Some(code) = err
             .downcast_ref::<std::io::Error>()
             .and_then(std::io::Error::raw_os_error)
-            .filter(|c| [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(c))
+            .filter(|c| super::out_of_resources(*c))
         {
             return Some(std::io::Error::from_raw_os_error(code));
         }

@@ -50,18 +50,12 @@ impl SpawnError {
     pub fn is_launcher_side(&self) -> bool {
         match self {
             SpawnError::Log { .. } => true,
-            SpawnError::Exec { source, .. } => matches!(
-                source.raw_os_error(),
-                Some(
-                    nix::libc::EMFILE
-                        | nix::libc::ENFILE
-                        | nix::libc::ENOMEM
-                        | nix::libc::EAGAIN
-                        | nix::libc::ENOBUFS
-                        | nix::libc::ENOSPC
-                        | nix::libc::EROFS
-                )
-            ),
+            // Out of resources, or of processes (clone's EAGAIN), or of a
+            // writable state directory.
+            SpawnError::Exec { source, .. } => source.raw_os_error().is_some_and(|c| {
+                super::out_of_resources(c)
+                    || matches!(c, nix::libc::EAGAIN | nix::libc::ENOSPC | nix::libc::EROFS)
+            }),
         }
     }
 }
