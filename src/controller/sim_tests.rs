@@ -185,6 +185,25 @@ impl Sim {
         }
     }
 
+    /// Waits until the processes `pids` of `process_id`'s cgroup got
+    /// SIGTERM, then the cgroup SIGKILL; returns when each was sent.
+    async fn reaped(&self, process_id: &str, pids: &[u32]) -> (Instant, Instant) {
+        let term = Call::SignalPids {
+            pids: pids.to_vec(),
+            sig: Signal::SIGTERM,
+        };
+        let kill = Call::KillCgroup {
+            process_id: process_id.to_string(),
+        };
+        let termed = self
+            .until_call(&format!("SIGTERM to {pids:?}"), |c| *c == term)
+            .await;
+        let killed = self
+            .until_call(&format!("SIGKILL to {process_id}'s cgroup"), |c| *c == kill)
+            .await;
+        (termed, killed)
+    }
+
     async fn until_phase(&self, id: &str, phase: Phase) -> Arc<InstanceStatus> {
         let snap = self
             .until(&format!("{id} {phase:?}"), |s| {
@@ -352,21 +371,7 @@ async fn the_orphan_sweep_stops_what_no_instance_owns() {
         st.orphans.insert("ns:ghost:p".into(), vec![777]);
     });
     let t0 = tokio::time::Instant::now().into_std();
-    let term = sim
-        .until_call("SIGTERM to the orphan", |c| {
-            *c == Call::SignalPids {
-                pids: vec![777],
-                sig: Signal::SIGTERM,
-            }
-        })
-        .await;
-    let kill = sim
-        .until_call("SIGKILL to the orphan's cgroup", |c| {
-            *c == Call::KillCgroup {
-                process_id: "ns:ghost:p".into(),
-            }
-        })
-        .await;
+    let (term, kill) = sim.reaped("ns:ghost:p", &[777]).await;
     assert!(term - t0 < Duration::from_secs(1), "swept at start-up");
     assert_eq!(kill - term, PlanConfig::default().default_grace);
     assert!(
@@ -502,21 +507,7 @@ async fn a_first_start_waits_until_what_runs_in_the_cgroup_is_gone() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     sim.fake.state().orphans.insert("ns:a:p".into(), vec![555]);
     let id = sim.launch("a").await;
-    let termed = sim
-        .until_call("SIGTERM to the leftovers", |c| {
-            *c == Call::SignalPids {
-                pids: vec![555],
-                sig: Signal::SIGTERM,
-            }
-        })
-        .await;
-    let killed = sim
-        .until_call("SIGKILL to the leftovers", |c| {
-            *c == Call::KillCgroup {
-                process_id: id.clone(),
-            }
-        })
-        .await;
+    let (termed, killed) = sim.reaped(&id, &[555]).await;
     assert_eq!(killed - termed, PlanConfig::default().default_grace);
     sim.until("started", |_| !sim.starts(&id).is_empty()).await;
     let started = sim.starts(&id)[0].0;
