@@ -5,6 +5,9 @@
 pub mod conn;
 pub mod convert;
 pub mod incoming;
+mod logs;
+mod steer;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,5 +246,44 @@ impl PatternLauncher for LauncherService {
                 not_found: true,
             },
         }))
+    }
+
+    type WatchStream = watch::EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        watch::watch(self, request.into_inner()).await
+    }
+
+    type GetLogsStream = logs::LogStream;
+
+    async fn get_logs(
+        &self,
+        request: Request<proto::GetLogsRequest>,
+    ) -> Result<Response<Self::GetLogsStream>, Status> {
+        logs::get_logs(self, request.into_inner()).await
+    }
+
+    async fn describe(
+        &self,
+        request: Request<proto::DescribeRequest>,
+    ) -> Result<Response<proto::DescribeResponse>, Status> {
+        watch::describe(self, request.into_inner()).await
+    }
+
+    async fn restart_pattern(
+        &self,
+        request: Request<proto::RestartRequest>,
+    ) -> Result<Response<proto::RestartResponse>, Status> {
+        steer::restart(self, request.into_inner()).await
+    }
+
+    async fn signal_pattern(
+        &self,
+        request: Request<proto::SignalRequest>,
+    ) -> Result<Response<proto::SignalResponse>, Status> {
+        steer::signal(self, request.into_inner()).await
     }
 }
