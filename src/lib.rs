@@ -38,6 +38,7 @@
 pub mod api;
 pub mod controller;
 pub mod desired;
+pub mod events;
 pub mod reconcile;
 pub mod runtime;
 pub mod sources;
@@ -384,6 +385,7 @@ impl Launcher {
                 plan: self.plan,
                 orphan_sweep: self.orphan_sweep,
                 keep_instances_on_exit: self.keep_instances_on_exit,
+                events: events::EventLog::new(events::revision::Revisions::open(&self.state_dir)),
             },
             catalog,
             errors.iter().map(ToString::to_string).collect(),

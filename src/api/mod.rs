@@ -70,6 +70,15 @@ impl LauncherService {
     }
 }
 
+/// Who makes a call, as events and the log name them: the peer's address
+/// (identities come with authentication).
+pub(crate) fn actor<T>(request: &Request<T>) -> String {
+    match request.remote_addr() {
+        Some(a) => format!("api {a}"),
+        None => "api".to_string(),
+    }
+}
+
 fn to_status(e: CommandError) -> Status {
     match e {
         CommandError::NotFound(m) => Status::not_found(m),
@@ -86,6 +95,7 @@ impl PatternLauncher for LauncherService {
         &self,
         request: Request<proto::LaunchRequest>,
     ) -> Result<Response<proto::LaunchResponse>, Status> {
+        let actor = actor(&request);
         let r = request.into_inner();
         let isolation = convert::isolation_from_wire(r.isolation)?;
         let params = LaunchParams {
@@ -95,6 +105,7 @@ impl PatternLauncher for LauncherService {
             session_id: r.session_id,
             config: r.config.into_iter().collect(),
             grace_period_secs: r.grace_period_secs,
+            actor,
         };
         let accepted = self.ask(|reply| Command::Launch { params, reply }).await?;
         let id = accepted.process_id.clone();
@@ -153,6 +164,7 @@ impl PatternLauncher for LauncherService {
         &self,
         request: Request<proto::TerminateRequest>,
     ) -> Result<Response<proto::TerminateResponse>, Status> {
+        let actor = actor(&request);
         let r = request.into_inner();
         let grace = crate::spec::grace_from_secs(r.grace_period_secs)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -167,6 +179,7 @@ impl PatternLauncher for LauncherService {
                 process_id: pid,
                 grace,
                 force,
+                actor,
                 reply,
             })
             .await?;
@@ -277,13 +290,13 @@ impl PatternLauncher for LauncherService {
         &self,
         request: Request<proto::RestartRequest>,
     ) -> Result<Response<proto::RestartResponse>, Status> {
-        steer::restart(self, request.into_inner()).await
+        steer::restart(self, request).await
     }
 
     async fn signal_pattern(
         &self,
         request: Request<proto::SignalRequest>,
     ) -> Result<Response<proto::SignalResponse>, Status> {
-        steer::signal(self, request.into_inner()).await
+        steer::signal(self, request).await
     }
 }

@@ -148,17 +148,19 @@ impl<R: Runtime> Controller<R> {
         });
         o.oom_kills_before = self.rt.oom_kills(&id);
         o.limits = self.rt.limits_text(&pattern);
-        if restart {
-            tracing::info!(
-                "{id}: adopted pid {} from an earlier launcher; it was started with another declaration: restarting it",
+        let msg = if restart {
+            format!(
+                "adopted pid {} from an earlier launcher; it was started with another declaration: restarting it",
                 f.pid
-            );
+            )
         } else {
-            tracing::info!("{id}: adopted pid {} from an earlier launcher", f.pid);
-        }
+            format!("adopted pid {} from an earlier launcher", f.pid)
+        };
+        tracing::info!("{id}: {msg}");
         self.log_offsets.insert(id.clone(), self.rt.log_len(&id));
         self.touch(&id);
-        self.observed.insert(id, o);
+        self.observed.insert(id.clone(), o);
+        self.emit(&id, crate::events::Reason::Adopted, msg);
         self.table_dirty = true;
         true
     }
@@ -221,17 +223,21 @@ impl<R: Runtime> Controller<R> {
         for a in actions {
             match a {
                 OrphanAction::Terminate { process_id, pids } => {
-                    tracing::warn!(
-                        "orphan processes of {process_id} (pids {pids:?}): no instance owns them; stopping them (grace {:?})",
-                        self.cfg.plan.default_grace
+                    let msg = format!(
+                        "orphan processes of {process_id} (pids {pids:?}): no instance owns them; SIGTERM sent (grace {})",
+                        humantime::format_duration(self.cfg.plan.default_grace)
                     );
+                    tracing::warn!("{msg}");
                     self.rt.signal_pids(&pids, Signal::SIGTERM);
+                    self.orphan_event(&process_id, msg);
                 }
                 OrphanAction::Kill { process_id } => {
-                    tracing::warn!(
-                        "orphan processes of {process_id} outlived the grace period: SIGKILL"
+                    let msg = format!(
+                        "orphan processes of {process_id} outlived the grace period: SIGKILL sent"
                     );
+                    tracing::warn!("{msg}");
                     self.rt.kill_cgroup(&process_id);
+                    self.orphan_event(&process_id, msg);
                 }
                 OrphanAction::Remove { process_id } => {
                     if let Err(e) = self.rt.remove_cgroup(&process_id) {
@@ -242,6 +248,13 @@ impl<R: Runtime> Controller<R> {
                 }
             }
         }
+    }
+
+    fn orphan_event(&mut self, process_id: &str, message: String) {
+        self.pending_events.push(crate::events::NewEvent {
+            process_id: process_id.to_string(),
+            ..crate::events::NewEvent::general(crate::events::Reason::OrphanReaped, message)
+        });
     }
 
     /// Says which running instances hit their `pids.max` since the last

@@ -4,42 +4,67 @@
 //! It answers callers; what happens to processes is the planner's.
 
 use super::*;
+use crate::events::Reason;
 use crate::runtime::ports::Exhausted;
 use crate::spec::manifest::Pattern;
 
 impl<R: Runtime> Controller<R> {
     pub(super) fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Launch { params, reply } => match self.launch(params) {
-                Ok((accepted, previous)) => {
-                    let pending = previous.is_some()
-                        || self
-                            .unsaved_launches
-                            .iter()
-                            .any(|u| u.process_id == accepted.process_id);
-                    if pending {
-                        self.unsaved_launches.push(UnsavedLaunch {
-                            process_id: accepted.process_id.clone(),
-                            previous,
-                            reply,
-                            accepted,
-                        });
-                    } else {
-                        let _ = reply.send(Ok(accepted));
+            Command::Launch { params, reply } => {
+                let actor = params.actor.clone();
+                match self.launch(params) {
+                    Ok((accepted, previous)) => {
+                        let pending = previous.is_some()
+                            || self
+                                .unsaved_launches
+                                .iter()
+                                .any(|u| u.process_id == accepted.process_id);
+                        if pending {
+                            self.unsaved_launches.push(UnsavedLaunch {
+                                process_id: accepted.process_id.clone(),
+                                previous,
+                                reply,
+                                accepted,
+                                actor,
+                            });
+                        } else {
+                            let _ = reply.send(Ok(accepted));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
                     }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            }
             Command::Terminate {
                 process_id,
                 grace,
                 force,
+                actor,
                 reply,
             } => {
-                let r = self.terminate(&process_id, grace, force);
+                let r = self.terminate(&process_id, grace, force, actor);
                 let _ = reply.send(r);
+            }
+            Command::Describe { process_id, reply } => {
+                let _ = reply.send(self.describe(&process_id));
+            }
+            Command::Restart {
+                process_id,
+                grace,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.restart(&process_id, grace, actor));
+            }
+            Command::Signal {
+                process_id,
+                signal,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.signal_instance(&process_id, signal, actor));
             }
             Command::Shutdown => {
                 tracing::info!("shutting down: stopping {} instances", self.observed.len());
@@ -73,6 +98,7 @@ impl<R: Runtime> Controller<R> {
                 self.known_patterns()
             )));
         };
+        let p_actor = p.actor.clone();
         let invalid = |e: crate::spec::SpecError| CommandError::InvalidArgument(e.to_string());
         let isolation = p.isolation.unwrap_or(pattern.isolation);
         let key = InstanceKey::new(&p.pattern, isolation, &p.namespace, &p.session_id)
@@ -123,6 +149,12 @@ impl<R: Runtime> Controller<R> {
             if transitions::close_circuit(o) {
                 tracing::info!("{id}: launched again, circuit closed");
                 changed = true;
+                self.emit_by(
+                    &id,
+                    Reason::CircuitClosed,
+                    "launched again: the circuit is closed and it starts again",
+                    p_actor.clone(),
+                );
             }
         }
         if changed {
@@ -150,6 +182,14 @@ impl<R: Runtime> Controller<R> {
         match self.persist_api() {
             Ok(()) => {
                 for u in launches {
+                    if let Some(previous) = &u.previous {
+                        let what = if previous.is_some() {
+                            "declaration changed by LaunchPattern"
+                        } else {
+                            "declared by LaunchPattern"
+                        };
+                        self.emit_by(&u.process_id, Reason::Declared, what, u.actor.clone());
+                    }
                     let _ = u.reply.send(Ok(u.accepted));
                 }
             }
@@ -172,6 +212,7 @@ impl<R: Runtime> Controller<R> {
         id: &str,
         grace: Option<Duration>,
         force: bool,
+        actor: String,
     ) -> Result<Option<u32>, CommandError> {
         let files = |d: &crate::desired::DesiredInstance| {
             d.sources()
@@ -201,6 +242,12 @@ impl<R: Runtime> Controller<R> {
                 self.touch(id);
                 return Err(CommandError::FailedPrecondition(msg));
             }
+            self.emit_by(
+                id,
+                Reason::Undeclared,
+                "TerminatePattern removed its declaration",
+                actor,
+            );
         } else if !self.observed.contains_key(id) {
             return Err(CommandError::NotFound(format!("no instance {id:?}")));
         }

@@ -5,6 +5,12 @@
 //! Every decision was made before it gets here.
 
 use super::*;
+use crate::events::Reason;
+
+/// A delay rounded to milliseconds, for messages.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 impl<R: Runtime> Controller<R> {
     pub(super) fn current<'a>(
@@ -30,14 +36,24 @@ impl<R: Runtime> Controller<R> {
                     return;
                 };
                 match transitions::probed(o, ok, &detail, now) {
-                    ProbeOutcome::Healthy => tracing::info!("{process_id}: healthy"),
+                    ProbeOutcome::Healthy => {
+                        tracing::info!("{process_id}: healthy");
+                        let path = &o.pattern.health.path;
+                        let msg = format!("probe GET {path} passed");
+                        self.emit(&process_id, Reason::Healthy, msg);
+                    }
                     ProbeOutcome::StillHealthy => {}
                     ProbeOutcome::Failed {
                         failures,
                         threshold,
-                    } => tracing::warn!(
-                        "{process_id}: health check failed ({failures}/{threshold}): {detail}"
-                    ),
+                    } => {
+                        tracing::warn!(
+                            "{process_id}: health check failed ({failures}/{threshold}): {detail}"
+                        );
+                        let path = &o.pattern.health.path;
+                        let msg = format!("probe GET {path}: {detail} ({failures}/{threshold})");
+                        self.emit(&process_id, Reason::Unhealthy, msg);
+                    }
                     ProbeOutcome::Ignored => return,
                 }
                 self.touch(&process_id);
@@ -76,6 +92,11 @@ impl<R: Runtime> Controller<R> {
             return;
         };
         let how = out.message;
+        let failures = o.consecutive_failures;
+        let backoff = (out.kind == ExitKind::Crashed)
+            .then(|| crate::reconcile::plan::next_restart(o, &self.cfg.plan))
+            .flatten()
+            .map(|_| crate::reconcile::plan::restart_delay(o));
         match out.kind {
             ExitKind::Finished => tracing::info!("{id}: stopped ({how})"),
             ExitKind::Replaced => {
@@ -84,10 +105,26 @@ impl<R: Runtime> Controller<R> {
             ExitKind::StoppedAfterFailure => {
                 tracing::info!("{id}: stopped after a failure ({how})")
             }
-            ExitKind::Crashed => tracing::warn!(
-                "{id}: pid {pid} {how} (failure {} in a row)",
-                o.consecutive_failures
-            ),
+            ExitKind::Crashed => {
+                tracing::warn!("{id}: pid {pid} {how} (failure {failures} in a row)")
+            }
+        }
+        let reason = if out.oom_killed {
+            Reason::OomKilled
+        } else {
+            Reason::Exited
+        };
+        let msg = match out.kind {
+            ExitKind::Crashed => format!("pid {pid} {how} (failure {failures} in a row)"),
+            _ => format!("pid {pid} {how}"),
+        };
+        self.emit(id, reason, msg);
+        if let Some(delay) = backoff.filter(|d| !d.is_zero()) {
+            let msg = format!(
+                "next start in {}",
+                humantime::format_duration(round_ms(delay))
+            );
+            self.emit(id, Reason::BackOff, msg);
         }
         self.table_dirty = true;
         self.touch(id);
@@ -111,6 +148,11 @@ impl<R: Runtime> Controller<R> {
                     if let Some(p) = o.process {
                         tracing::warn!("{process_id}: sending SIGKILL to pid {}", p.pid);
                         self.rt.kill(&process_id, p.pid);
+                        let msg = format!(
+                            "SIGKILL sent to pid {}: still running at the end of its grace period",
+                            p.pid
+                        );
+                        self.emit(&process_id, Reason::Killed, msg);
                     }
                     self.touch(&process_id);
                 }
@@ -119,17 +161,32 @@ impl<R: Runtime> Controller<R> {
                 if let Some(o) = self.observed.get_mut(&process_id) {
                     let msg = transitions::break_circuit(o);
                     tracing::error!("{process_id}: {msg}");
+                    self.emit(&process_id, Reason::CircuitOpen, msg);
                     self.touch(&process_id);
                 }
             }
             Action::ResetFailures { process_id } => {
                 if let Some(o) = self.observed.get_mut(&process_id) {
+                    let had = o.consecutive_failures;
                     transitions::reset_failures(o);
+                    if had > 0 {
+                        let healthy = humantime::format_duration(self.cfg.plan.healthy_reset);
+                        let msg =
+                            format!("healthy for {healthy}: its {had} failures are forgotten");
+                        self.emit(&process_id, Reason::CircuitClosed, msg);
+                    }
                     self.touch(&process_id);
                 }
             }
             Action::Forget { process_id } => {
                 if let Some(o) = self.observed.remove(&process_id) {
+                    let msg = format!("{process_id} stopped and is removed");
+                    self.pending_events.push(crate::events::NewEvent {
+                        process_id: process_id.clone(),
+                        pattern: o.spec.key.pattern.clone(),
+                        namespace: o.spec.key.namespace.clone(),
+                        ..crate::events::NewEvent::general(Reason::Terminated, msg)
+                    });
                     self.ports.release(o.ports);
                     self.ports_exhausted_logged = false;
                     self.cgroup_limits.remove(&process_id);
@@ -164,9 +221,26 @@ impl<R: Runtime> Controller<R> {
         tracing::info!("{id}: stopping pid {} with {sig} (grace {grace:?})", p.pid);
         self.rt.signal(id, p.pid, sig);
         let startup = self.cfg.plan.startup_timeout;
-        if let Some(why) = transitions::stop_began(o, reason, grace, force, startup, now) {
+        let why = transitions::stop_began(o, reason, grace, force, startup, now);
+        if let Some(why) = &why {
             tracing::warn!("{id}: {why}");
         }
+        let cause = match (why, reason) {
+            (Some(why), _) => why,
+            (None, StopReason::NotDesired) => "no longer declared".to_string(),
+            (None, StopReason::SpecChanged) => "restarting".to_string(),
+            (None, r) => format!("{r:?}"),
+        };
+        let msg = if force {
+            format!("{cause}: SIGKILL sent to pid {}", p.pid)
+        } else {
+            format!(
+                "{cause}: SIGTERM sent to pid {}, SIGKILL in {}",
+                p.pid,
+                humantime::format_duration(grace)
+            )
+        };
+        self.emit(id, Reason::Terminating, msg);
         self.touch(id);
     }
 
@@ -217,7 +291,8 @@ impl<R: Runtime> Controller<R> {
         let Some(o) = self.observed.get_mut(id) else {
             return;
         };
-        if reset_breaker && transitions::close_circuit(o) {
+        let closed = reset_breaker && transitions::close_circuit(o);
+        if closed {
             tracing::info!("{id}: declaration changed, circuit closed");
         }
         o.spec = spec;
@@ -227,6 +302,8 @@ impl<R: Runtime> Controller<R> {
             o.pids_refused_seen = refused;
         }
         let mut spawned = false;
+        let mut spawned_msg = None;
+        let mut failed_msg = None;
         let mut launcher_problem = None;
         let req = StartRequest {
             process_id: id,
@@ -244,11 +321,12 @@ impl<R: Runtime> Controller<R> {
                 }
                 o.limits = child.not_enforced.unwrap_or(limits_text);
                 spawned = true;
-                tracing::info!(
-                    "{id}: started pid {pid} (grpc port {}, health port {})",
-                    o.ports.grpc,
-                    o.ports.health
+                let msg = format!(
+                    "started pid {pid} (grpc port {}, health port {})",
+                    o.ports.grpc, o.ports.health
                 );
+                tracing::info!("{id}: {msg}");
+                spawned_msg = Some(msg);
                 let process = ProcessInfo {
                     pid,
                     epoch,
@@ -266,15 +344,27 @@ impl<R: Runtime> Controller<R> {
                 let jitter = rand::random::<f64>();
                 transitions::spawn_failed(o, e.to_string(), SpawnFault::Launcher, now, jitter);
                 launcher_problem = Some(format!("cannot start instances: {e}"));
+                failed_msg = Some(format!("the launcher cannot start it: {e}"));
             }
             Err(e) => {
                 tracing::error!("{id}: {e}");
                 let jitter = rand::random::<f64>();
                 transitions::spawn_failed(o, e.to_string(), SpawnFault::Pattern, now, jitter);
+                failed_msg = Some(e.to_string());
             }
         }
         if spawned || launcher_problem.is_some() {
             self.problem("spawn", launcher_problem);
+        }
+        if closed {
+            let msg = "its declaration changed: the circuit is closed and it starts again";
+            self.emit(id, Reason::CircuitClosed, msg);
+        }
+        if let Some(msg) = spawned_msg {
+            self.emit(id, Reason::Spawned, msg);
+        }
+        if let Some(msg) = failed_msg {
+            self.emit(id, Reason::SpawnFailed, msg);
         }
         self.table_dirty = true;
         self.touch(id);

@@ -5,6 +5,7 @@
 //! It touches no file itself: watchers hand it what they read.
 
 use super::*;
+use crate::events::Reason;
 
 impl<R: Runtime> Controller<R> {
     pub(super) fn file_event(&mut self, ev: FileEvent) {
@@ -33,6 +34,7 @@ impl<R: Runtime> Controller<R> {
                     touched.len()
                 );
                 for id in touched {
+                    self.declaration_event(&id, &source.to_string());
                     self.touch(&id);
                 }
                 self.sources_dirty = true;
@@ -69,18 +71,25 @@ impl<R: Runtime> Controller<R> {
                         self.desired.declared_by(&source).len()
                     );
                 }
+                if was_refused {
+                    let msg = format!("{shown} is accepted again");
+                    self.emit_general(Reason::SourceValid, "", &shown, msg);
+                }
                 for id in touched {
+                    self.declaration_event(&id, &shown);
                     self.reopen_circuit(&id);
                     self.touch(&id);
                 }
             }
             Err(e) => {
                 if self.file_errors.get(name) != Some(&e) {
-                    if self.desired.count_declared_by(&source) > 0 {
-                        tracing::error!("{e} (the file's last good content stays in force)");
+                    let msg = if self.desired.count_declared_by(&source) > 0 {
+                        format!("{e} (the file's last good content stays in force)")
                     } else {
-                        tracing::error!("{e} (nothing of it is in force)");
-                    }
+                        format!("{e} (nothing of it is in force)")
+                    };
+                    tracing::error!("{msg}");
+                    self.emit_general(Reason::SourceInvalid, "", &shown, msg);
                 }
                 self.file_errors.insert(name.to_string(), e);
             }
@@ -155,32 +164,53 @@ impl<R: Runtime> Controller<R> {
             && transitions::close_circuit(o)
         {
             tracing::info!("{id}: declaration changed, circuit closed");
+            let msg = "its declaration changed: the circuit is closed and it starts again";
+            self.emit(id, Reason::CircuitClosed, msg);
+        }
+    }
+
+    /// Records that `source` declared `id`, changed its declaration, or no
+    /// longer declares it.
+    fn declaration_event(&mut self, id: &str, source: &str) {
+        match self.desired.get(id) {
+            Some(d) => {
+                let msg = format!("declared by {}", d.sources_text());
+                self.emit_by(id, Reason::Declared, msg, source.to_string());
+            }
+            None => {
+                let msg = format!("{source} no longer declares it");
+                self.emit_by(id, Reason::Undeclared, msg, source.to_string());
+            }
         }
     }
 
     pub(super) fn reload_catalog(&mut self) {
         let (next, errors) = self.catalog.reload(&self.cfg.patterns_dir);
         for p in next.iter() {
+            let rolling = self.cfg.plan.rolling_restart;
             match self.catalog.get(&p.name) {
-                None => tracing::info!(
-                    "Discovered pattern: {} (version: {}, isolation: {})",
-                    p.name,
-                    p.version,
-                    p.isolation
-                ),
-                Some(old) if **old != **p => tracing::info!(
-                    "pattern {} changed (version: {}): its instances restart{}",
-                    p.name,
-                    p.version,
-                    if self.cfg.plan.rolling_restart {
-                        " one at a time"
-                    } else {
-                        ""
-                    }
-                ),
+                None => {
+                    let msg = format!(
+                        "Discovered pattern: {} (version: {}, isolation: {})",
+                        p.name, p.version, p.isolation
+                    );
+                    tracing::info!("{msg}");
+                    self.emit_general(Reason::PatternAdded, &p.name, "", msg);
+                }
+                Some(old) if **old != **p => {
+                    let msg = format!(
+                        "pattern {} changed (version: {}): its instances restart{}",
+                        p.name,
+                        p.version,
+                        if rolling { " one at a time" } else { "" }
+                    );
+                    tracing::info!("{msg}");
+                    self.emit_general(Reason::PatternChanged, &p.name, "", msg);
+                }
                 Some(_) => {}
             }
         }
+        let mut removed = Vec::new();
         for old in self.catalog.iter() {
             if next.get(&old.name).is_none() {
                 let running = self
@@ -188,16 +218,22 @@ impl<R: Runtime> Controller<R> {
                     .values()
                     .filter(|o| o.spec.key.pattern == old.name)
                     .count();
-                tracing::warn!(
+                let msg = format!(
                     "pattern {} removed: its {running} instances keep running; new launches get NOT_FOUND",
                     old.name
                 );
+                tracing::warn!("{msg}");
+                removed.push((old.name.clone(), msg));
             }
+        }
+        for (name, msg) in removed {
+            self.emit_general(Reason::PatternRemoved, &name, "", msg);
         }
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
         for e in &errors {
             if !self.catalog_errors.contains(e) {
                 tracing::error!("{e}");
+                self.emit_general(Reason::SourceInvalid, "", "", e.clone());
             }
         }
         self.catalog_errors = errors;

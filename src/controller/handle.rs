@@ -13,7 +13,11 @@ use std::collections::BTreeMap;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use nix::sys::signal::Signal;
+
 use super::snapshot::Snapshot;
+pub use super::steer::{Condition, DeclaredAt, Described};
+use crate::events::EventLog;
 use crate::reconcile::PlanConfig;
 use crate::sources::FileEvent;
 use crate::spec::{InstanceSpec, Isolation};
@@ -33,6 +37,8 @@ pub struct LaunchParams {
     pub config: BTreeMap<String, String>,
     /// Grace period in seconds (0 = default).
     pub grace_period_secs: i64,
+    /// Who asks (for the event stream and the log).
+    pub actor: String,
 }
 
 /// Why a command was refused; the API maps each to a gRPC code.
@@ -77,6 +83,8 @@ pub(super) struct UnsavedLaunch {
     pub(super) previous: Option<Option<InstanceSpec>>,
     pub(super) reply: oneshot::Sender<Result<Accepted, CommandError>>,
     pub(super) accepted: Accepted,
+    /// Who asked.
+    pub(super) actor: String,
 }
 
 /// Requests to the controller.
@@ -97,8 +105,40 @@ pub enum Command {
         grace: Option<Duration>,
         /// SIGKILL at once.
         force: bool,
+        /// Who asks.
+        actor: String,
         /// The answer: the pid being stopped, if a process runs.
         reply: oneshot::Sender<Result<Option<u32>, CommandError>>,
+    },
+    /// Everything about one instance.
+    Describe {
+        /// Instance.
+        process_id: String,
+        /// The answer.
+        reply: oneshot::Sender<Result<Box<Described>, CommandError>>,
+    },
+    /// Restart one instance's process (stop gracefully, start again at
+    /// once, no failure counted).
+    Restart {
+        /// Instance.
+        process_id: String,
+        /// Grace period override.
+        grace: Option<Duration>,
+        /// Who asks.
+        actor: String,
+        /// The answer: the pid being stopped, if a process runs.
+        reply: oneshot::Sender<Result<Option<u32>, CommandError>>,
+    },
+    /// Send a signal to an instance's process group (and cgroup).
+    Signal {
+        /// Instance.
+        process_id: String,
+        /// The signal.
+        signal: Signal,
+        /// Who asks.
+        actor: String,
+        /// The answer: the pid signalled.
+        reply: oneshot::Sender<Result<u32, CommandError>>,
     },
     /// Stop every instance and end the loop.
     Shutdown,
@@ -117,6 +157,8 @@ pub struct ControllerConfig {
     pub orphan_sweep: Duration,
     /// Leave instances running on shutdown, for the next launcher.
     pub keep_instances_on_exit: bool,
+    /// Where events go.
+    pub events: EventLog,
 }
 
 /// Handles to talk to a running controller.
@@ -132,6 +174,8 @@ pub struct ControllerHandle {
     pub started: Instant,
     /// The lifecycle tunables (for timeouts of waiting callers).
     pub plan: PlanConfig,
+    /// The event log.
+    pub events: EventLog,
 }
 
 impl ControllerHandle {

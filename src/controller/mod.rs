@@ -33,11 +33,12 @@ mod handle;
 #[cfg(test)]
 mod sim_tests;
 pub mod snapshot;
+mod steer;
 
 use handle::UnsavedLaunch;
 pub use handle::{
-    Accepted, Command, CommandError, ControllerConfig, ControllerHandle, LaunchParams, SetupError,
-    Watchers,
+    Accepted, Command, CommandError, Condition, ControllerConfig, ControllerHandle, DeclaredAt,
+    Described, LaunchParams, SetupError, Watchers,
 };
 
 use crate::desired::{Declared, DesiredSet, Source};
@@ -117,6 +118,8 @@ pub struct Controller<R: Runtime = LinuxRuntime> {
     ports_exhausted_logged: bool,
     /// The process table an earlier launcher left, until adoption.
     recorded: Vec<Entry>,
+    /// Events of this pass, appended to the log when it publishes.
+    pending_events: Vec<crate::events::NewEvent>,
 }
 
 impl<R: Runtime> Controller<R> {
@@ -158,6 +161,7 @@ impl<R: Runtime> Controller<R> {
             heartbeat: heartbeat.clone(),
             started,
             plan: cfg.plan,
+            events: cfg.events.clone(),
         };
         let ports = PortAllocator::new(cfg.port_range.clone(), rt.port_check());
         let recorded = rt.load_table();
@@ -196,6 +200,7 @@ impl<R: Runtime> Controller<R> {
             problems_dirty: false,
             ports_exhausted_logged: false,
             recorded,
+            pending_events: Vec::new(),
         };
         Ok((c, handle))
     }
@@ -353,7 +358,11 @@ impl<R: Runtime> Controller<R> {
     }
 
     fn publish(&mut self) {
-        if self.dirty.is_empty() && !self.sources_dirty && !self.problems_dirty {
+        if self.dirty.is_empty()
+            && !self.sources_dirty
+            && !self.problems_dirty
+            && self.pending_events.is_empty()
+        {
             return;
         }
         if std::mem::take(&mut self.sources_dirty) {
@@ -379,12 +388,17 @@ impl<R: Runtime> Controller<R> {
             self.problems_shown = Arc::new(self.problems.values().cloned().collect());
         }
         self.seq += 1;
-        self.snapshot_tx.send_replace(Arc::new(Snapshot {
+        let snapshot = Arc::new(Snapshot {
             seq: self.seq,
             problems: self.problems_shown.clone(),
             instances: self.statuses.clone(),
             sources: self.sources.clone(),
-        }));
+        });
+        // Events first: a caller woken by the snapshot finds them in the log.
+        self.cfg
+            .events
+            .publish(std::mem::take(&mut self.pending_events), snapshot.clone());
+        self.snapshot_tx.send_replace(snapshot);
     }
 
     /// Records (or, with `None`, clears) a problem of the launcher's own,

@@ -47,6 +47,8 @@ pub struct ExitOutcome {
     /// How it ended, with the OOM kill or the pids limit when there was one
     /// and, for a crash, the last output.
     pub message: String,
+    /// The kernel's OOM killer ended it.
+    pub oom_killed: bool,
 }
 
 /// Records that the current process of `o` ended. Returns `None` when `o`
@@ -67,7 +69,8 @@ pub fn exited(
         ));
         o.pids_refused_seen = facts.pids_refused;
     }
-    if facts.oom_kills > o.oom_kills_before {
+    let oom_killed = facts.oom_kills > o.oom_kills_before;
+    if oom_killed {
         how = format!(
             "OOM-killed: the kernel killed it for exceeding its memory limit of {} bytes ({how})",
             o.pattern.resources.memory_limit.unwrap_or(0)
@@ -113,7 +116,11 @@ pub fn exited(
             ExitKind::Crashed
         }
     };
-    Some(ExitOutcome { kind, message: how })
+    Some(ExitOutcome {
+        kind,
+        message: how,
+        oom_killed,
+    })
 }
 
 /// What a probe result changed.

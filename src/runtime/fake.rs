@@ -187,6 +187,10 @@ impl Runtime for FakeRuntime {
         |_| true
     }
 
+    fn log_path(&self, process_id: &str) -> PathBuf {
+        PathBuf::from("logs").join(format!("{process_id}.log"))
+    }
+
     fn check_executable(&self, _path: &Path) -> Result<(), String> {
         Ok(())
     }

@@ -230,6 +230,10 @@ impl Runtime for LinuxRuntime {
         self.echo.untrack(self.log(process_id));
     }
 
+    fn log_path(&self, process_id: &str) -> PathBuf {
+        self.log(process_id)
+    }
+
     fn log_len(&self, process_id: &str) -> u64 {
         logs::log_len(&self.log(process_id))
     }

@@ -129,6 +129,9 @@ pub trait Runtime: Send + 'static {
     /// longer followed.
     fn forget(&mut self, process_id: &str);
 
+    /// The instance's log file.
+    fn log_path(&self, process_id: &str) -> PathBuf;
+
     /// The size of the instance's log now (where a new process's output
     /// will begin).
     fn log_len(&self, process_id: &str) -> u64;

@@ -308,20 +308,7 @@ fn plan_desired<'a>(
                 });
                 return;
             }
-            let delay = if o.restart_now {
-                Duration::ZERO
-            } else {
-                // The launcher's own failures to start it back off too, but
-                // never open the circuit.
-                backoff::delay(
-                    o.consecutive_failures.saturating_add(o.launcher_failures),
-                    o.restart_jitter,
-                )
-            };
-            let due = o
-                .exited_at
-                .map_or(Some(now), |t| t.checked_add(delay))
-                .unwrap_or(now);
+            let due = next_restart(o, cfg).unwrap_or(now);
             if now >= due {
                 plan.actions.push(spawn(false));
             } else {
@@ -332,6 +319,31 @@ fn plan_desired<'a>(
         Phase::Finished if can_spawn() => plan.actions.push(spawn(false)),
         Phase::Exited | Phase::Failed | Phase::Finished => {}
     }
+}
+
+/// The delay before an exited instance starts again: none when a restart
+/// was asked for, else the backoff of its failures in a row (the
+/// launcher's own failures to start it back off too, but never open the
+/// circuit).
+pub fn restart_delay(o: &ObservedInstance) -> Duration {
+    if o.restart_now {
+        Duration::ZERO
+    } else {
+        backoff::delay(
+            o.consecutive_failures.saturating_add(o.launcher_failures),
+            o.restart_jitter,
+        )
+    }
+}
+
+/// When an exited instance is due to start again, or `None` when the
+/// circuit breaks instead (or it has not exited).
+pub fn next_restart(o: &ObservedInstance, cfg: &PlanConfig) -> Option<Instant> {
+    if o.consecutive_failures >= cfg.breaker_threshold && !o.restart_now {
+        return None;
+    }
+    let exited = o.exited_at?;
+    Some(exited.checked_add(restart_delay(o)).unwrap_or(exited))
 }
 
 fn plan_undesired(id: &str, o: &ObservedInstance, now: Instant, cfg: &PlanConfig, plan: &mut Plan) {

@@ -25,6 +25,8 @@ use crate::sources::DesiredDoc;
 use crate::sources::FileEvent;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 
+mod events;
+
 /// Longest a simulated wait may take (virtual time).
 const PATIENCE: Duration = Duration::from_secs(600);
 
@@ -82,6 +84,7 @@ impl Sim {
             plan: PlanConfig::default(),
             orphan_sweep: Duration::from_secs(60),
             keep_instances_on_exit: false,
+            events: crate::events::EventLog::in_memory(),
         };
         let watchers = Watchers {
             desired: desired_rx,
@@ -117,6 +120,7 @@ impl Sim {
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
             grace_period_secs: 0,
+            actor: "test".into(),
         };
         self.handle
             .commands
@@ -141,6 +145,7 @@ impl Sim {
                 process_id: id.into(),
                 grace: Some(grace),
                 force: false,
+                actor: "test".into(),
                 reply,
             })
             .await
