@@ -53,6 +53,41 @@ impl Api {
             .into_inner();
         if reply.not_found { None } else { reply.process }
     }
+
+    /// SignalPattern.
+    pub fn signal(
+        &mut self,
+        process_id: &str,
+        signal: &str,
+    ) -> Result<proto::SignalResponse, tonic::Status> {
+        let req = proto::SignalRequest {
+            process_id: process_id.to_string(),
+            signal: signal.to_string(),
+        };
+        self.rt
+            .block_on(self.client.signal_pattern(req))
+            .map(tonic::Response::into_inner)
+    }
+
+    /// RestartPattern.
+    pub fn restart(
+        &mut self,
+        req: proto::RestartRequest,
+    ) -> Result<proto::RestartResponse, tonic::Status> {
+        self.rt
+            .block_on(self.client.restart_pattern(req))
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Describe.
+    pub fn describe(&mut self, process_id: &str) -> Result<proto::DescribeResponse, tonic::Status> {
+        let req = proto::DescribeRequest {
+            process_id: process_id.to_string(),
+        };
+        self.rt
+            .block_on(self.client.describe(req))
+            .map(tonic::Response::into_inner)
+    }
 }
 
 /// A wire PatternInfo that is RUNNING and healthy.

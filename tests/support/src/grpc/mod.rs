@@ -9,6 +9,7 @@
 pub mod api;
 pub mod grpcurl;
 pub mod json;
+pub mod watch;
 
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpStream};
