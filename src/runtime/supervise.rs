@@ -26,7 +26,7 @@ pub enum ProcEvent {
         epoch: u64,
         /// How it ended; `Err` says why the status is unknown (an adopted
         /// process is not our child, so its status cannot be read).
-        status: Result<ExitStatus, String>,
+        status: Result<ExitStatus, UnknownExit>,
     },
     /// A probe result: the first success of a start, then every liveness
     /// failure and every recovery.
@@ -39,6 +39,27 @@ pub enum ProcEvent {
         ok: bool,
         /// Why not.
         detail: String,
+    },
+}
+
+/// Why a process's exit status is unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum UnknownExit {
+    /// Its pidfd could not be watched (the launcher is out of resources).
+    #[error("cannot watch the process: {0}")]
+    Watch(#[source] std::io::Error),
+    /// Adopted from an earlier launcher: not our child, so its status
+    /// cannot be read.
+    #[error("exited (status unknown: adopted from an earlier launcher, not our child)")]
+    Adopted,
+    /// Reaping it failed.
+    #[error("wait failed: {0}")]
+    Wait(#[source] std::io::Error),
+    /// The kernel reported neither an exit nor a death by a signal.
+    #[error("ended in an unexpected way (si_code {si_code})")]
+    Unexpected {
+        /// `si_code` of the `waitid` answer.
+        si_code: i32,
     },
 }
 
@@ -211,7 +232,7 @@ pub enum Exit {
 }
 
 impl Exit {
-    async fn wait(self) -> Result<ExitStatus, String> {
+    async fn wait(self) -> Result<ExitStatus, UnknownExit> {
         let (fd, ours) = match self {
             Exit::Child(fd) => (fd, true),
             Exit::Adopted(fd) => (fd, false),
@@ -222,15 +243,10 @@ impl Exit {
         let watched = unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
         }
-        .map_err(|e| format!("cannot watch the process: {e}"))?;
-        let _ = watched
-            .readable()
-            .await
-            .map_err(|e| format!("cannot watch the process: {e}"))?;
+        .map_err(|e| UnknownExit::Watch(e.into()))?;
+        let _ = watched.readable().await.map_err(UnknownExit::Watch)?;
         if !ours {
-            return Err(
-                "exited (status unknown: adopted from an earlier launcher, not our child)".into(),
-            );
+            return Err(UnknownExit::Adopted);
         }
         reap(watched.get_ref())
     }
@@ -240,7 +256,7 @@ impl Exit {
 /// (Not nix's `waitid`, which cannot represent a death by a real-time
 /// signal.)
 #[allow(unsafe_code)]
-fn reap(pidfd: &OwnedFd) -> Result<ExitStatus, String> {
+fn reap(pidfd: &OwnedFd) -> Result<ExitStatus, UnknownExit> {
     use nix::libc;
     // SAFETY: waitid writes a siginfo_t into the zeroed one we own; the
     // pidfd is open for the call.
@@ -248,7 +264,7 @@ fn reap(pidfd: &OwnedFd) -> Result<ExitStatus, String> {
         let mut info: libc::siginfo_t = std::mem::zeroed();
         let fd = libc::id_t::try_from(pidfd.as_raw_fd()).unwrap_or(libc::id_t::MAX);
         if libc::waitid(libc::P_PIDFD, fd, &mut info, libc::WEXITED) != 0 {
-            return Err(format!("wait failed: {}", std::io::Error::last_os_error()));
+            return Err(UnknownExit::Wait(std::io::Error::last_os_error()));
         }
         (info.si_code, info.si_status())
     };
@@ -256,7 +272,7 @@ fn reap(pidfd: &OwnedFd) -> Result<ExitStatus, String> {
         libc::CLD_EXITED => Ok(ExitStatus::from_raw((status & 0xff) << 8)),
         libc::CLD_KILLED => Ok(ExitStatus::from_raw(status & 0x7f)),
         libc::CLD_DUMPED => Ok(ExitStatus::from_raw((status & 0x7f) | 0x80)),
-        other => Err(format!("ended in an unexpected way (si_code {other})")),
+        si_code => Err(UnknownExit::Unexpected { si_code }),
     }
 }
 
