@@ -141,8 +141,8 @@ fn flatten(
 ) -> Result<(), LaunchError> {
     match joined {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(LaunchError::Serve(e.to_string())),
-        Err(e) => Err(LaunchError::Serve(e.to_string())),
+        Ok(Err(e)) => Err(LaunchError::Serve(e)),
+        Err(e) => Err(LaunchError::ServerTask(e)),
     }
 }
 
@@ -183,10 +183,13 @@ pub enum LaunchError {
     },
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
-    Reflection(String),
+    Reflection(#[source] tonic_reflection::server::Error),
     /// The server failed.
     #[error("gRPC server: {0}")]
-    Serve(String),
+    Serve(#[source] tonic::transport::Error),
+    /// The server's task panicked or was cancelled.
+    #[error("gRPC server: {0}")]
+    ServerTask(#[source] tokio::task::JoinError),
 }
 
 /// Settings of a launcher; build with [`Launcher::builder`].
@@ -395,8 +398,7 @@ impl Launcher {
         )?;
         let loop_task = tokio::spawn(controller.run());
 
-        let reflection =
-            |e: tonic_reflection::server::Error| LaunchError::Reflection(e.to_string());
+        let reflection = LaunchError::Reflection;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -80,7 +80,7 @@ fn positive(s: &str) -> Result<usize, String> {
 
 fn parse_log_max(s: &str) -> Result<u64, String> {
     use prism_launcher::runtime::logs::MIN_LOG_BYTES;
-    let bytes = prism_launcher::spec::quantity::parse_memory(s)?;
+    let bytes = prism_launcher::spec::quantity::parse_memory(s).map_err(|e| e.to_string())?;
     if bytes < MIN_LOG_BYTES {
         return Err(format!("{s:?}: at least {MIN_LOG_BYTES} bytes (64Ki)"));
     }

@@ -6,7 +6,20 @@
 use super::*;
 use crate::events::Reason;
 use crate::runtime::ports::Exhausted;
+use crate::sources::state_file::StateFileError;
 use crate::spec::manifest::Pattern;
+
+/// The API's declarations could not be written: the change is taken back
+/// and the caller told so.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot persist the declaration: {0}")]
+pub(super) struct NotPersisted(#[source] StateFileError);
+
+impl From<NotPersisted> for CommandError {
+    fn from(e: NotPersisted) -> Self {
+        CommandError::Unavailable(e.to_string())
+    }
+}
 
 impl<R: Runtime> Controller<R> {
     pub(super) fn command(&mut self, cmd: Command) {
@@ -194,6 +207,7 @@ impl<R: Runtime> Controller<R> {
                 }
             }
             Err(e) => {
+                let e = e.to_string();
                 for u in launches.iter().rev() {
                     if let Some(previous) = &u.previous {
                         self.restore_api(&u.process_id, previous.clone());
@@ -232,7 +246,7 @@ impl<R: Runtime> Controller<R> {
             self.desired.withdraw(&Source::Api, id);
             if let Err(e) = self.persist_api() {
                 self.restore_api(id, previous);
-                return Err(CommandError::Unavailable(e));
+                return Err(e.into());
             }
             if let Some(d) = self.desired.get(id) {
                 let msg = format!(
@@ -270,11 +284,11 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
-    pub(super) fn persist_api(&mut self) -> Result<(), String> {
+    pub(super) fn persist_api(&mut self) -> Result<(), NotPersisted> {
         let specs = self.desired.declared_by(&Source::Api);
         self.rt.save_api(&specs).map_err(|e| {
             tracing::error!("cannot persist API declarations: {e}");
-            format!("cannot persist the declaration: {e}")
+            NotPersisted(e)
         })
     }
 

@@ -70,7 +70,7 @@ impl<R: Runtime> Controller<R> {
         &mut self,
         id: &str,
         epoch: u64,
-        status: Result<std::process::ExitStatus, String>,
+        status: Result<std::process::ExitStatus, crate::runtime::supervise::UnknownExit>,
         now: Instant,
     ) {
         let Some(pid) = Self::current(&mut self.observed, id, epoch)
@@ -82,7 +82,7 @@ impl<R: Runtime> Controller<R> {
         let offset = self.log_offsets.get(id).copied().unwrap_or(0);
         let how = match status {
             Ok(s) => describe_exit(s),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         let facts = self.rt.ended(id, pid, how, offset);
         let Some(o) = self.observed.get_mut(id) else {

@@ -19,7 +19,7 @@ use super::discover::Found;
 use super::spawn::SpawnError;
 use super::supervise::ProcEvent;
 use super::table::Entry;
-use super::{Runtime, StartRequest, Started};
+use super::{AdoptError, ExecutableError, Runtime, StartRequest, Started};
 use crate::reconcile::transitions::ExitFacts;
 use crate::sources::state_file::StateFileError;
 use crate::spec::InstanceSpec;
@@ -191,7 +191,7 @@ impl Runtime for FakeRuntime {
         PathBuf::from("logs").join(format!("{process_id}.log"))
     }
 
-    fn check_executable(&self, _path: &Path) -> Result<(), String> {
+    fn check_executable(&self, _path: &Path) -> Result<(), ExecutableError> {
         Ok(())
     }
 
@@ -230,7 +230,7 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), String> {
+    fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), AdoptError> {
         let b = self
             .state()
             .behaviour

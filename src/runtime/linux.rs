@@ -17,7 +17,7 @@ use super::logs::{self, LogEcho};
 use super::spawn::{self, SpawnError, signal_group};
 use super::supervise::{Exit, ProbeTarget, ProcEvent, supervise};
 use super::table::{self, Entry, ProcessTable};
-use super::{Runtime, StartRequest, Started};
+use super::{AdoptError, ExecutableError, Runtime, StartRequest, Started};
 use crate::reconcile::observed::Ports;
 use crate::reconcile::transitions::ExitFacts;
 use crate::sources::ApiStore;
@@ -129,7 +129,7 @@ impl Runtime for LinuxRuntime {
         super::ports::os_bindable
     }
 
-    fn check_executable(&self, path: &Path) -> Result<(), String> {
+    fn check_executable(&self, path: &Path) -> Result<(), ExecutableError> {
         spawn::check_executable(path)
     }
 
@@ -174,11 +174,11 @@ impl Runtime for LinuxRuntime {
         Ok(started)
     }
 
-    fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), String> {
-        let fd = table::pidfd_open(found.pid)
-            .map_err(|e| format!("cannot watch pid {}: {e}", found.pid))?;
-        if !table::is_same_process(found.pid, found.start_time) {
-            return Err(format!("pid {} is another process now", found.pid));
+    fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), AdoptError> {
+        let pid = found.pid;
+        let fd = table::pidfd_open(pid).map_err(|source| AdoptError::Watch { pid, source })?;
+        if !table::is_same_process(pid, found.start_time) {
+            return Err(AdoptError::Reused { pid });
         }
         let from = logs::log_len(&self.log(req.process_id));
         self.watch(Exit::Adopted(fd), req, from);

@@ -31,7 +31,7 @@ use crate::spec::manifest::Pattern;
 
 pub use cgroup::{CgroupError, Limits};
 pub use discover::Found;
-pub use spawn::SpawnError;
+pub use spawn::{ExecutableError, SpawnError};
 pub use table::Entry;
 
 /// True for an OS error saying the launcher itself ran out of something
@@ -39,6 +39,26 @@ pub use table::Entry;
 pub fn out_of_resources(code: i32) -> bool {
     use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
     matches!(code, EMFILE | ENFILE | ENOBUFS | ENOMEM)
+}
+
+/// Why a process an earlier launcher started cannot be taken over.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// No pidfd could be opened for it (it is gone, or the launcher is out
+    /// of descriptors).
+    #[error("cannot watch pid {pid}: {source}")]
+    Watch {
+        /// Its pid.
+        pid: u32,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The pid now belongs to a process that started at another time.
+    #[error("pid {pid} is another process now")]
+    Reused {
+        /// The pid.
+        pid: u32,
+    },
 }
 
 /// What the controller asks to start.
@@ -89,7 +109,7 @@ pub trait Runtime: Send + 'static {
     /// # Errors
     ///
     /// Why it cannot.
-    fn check_executable(&self, path: &Path) -> Result<(), String>;
+    fn check_executable(&self, path: &Path) -> Result<(), ExecutableError>;
 
     /// Creates the instance's cgroup with these limits; true when it is
     /// new (and so has seen no OOM kill yet).
@@ -111,7 +131,7 @@ pub trait Runtime: Send + 'static {
     /// # Errors
     ///
     /// Why it cannot be watched.
-    fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), String>;
+    fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), AdoptError>;
 
     /// Sends `sig` to the process group of `pid` and to every process of the
     /// instance's cgroup (those that left the group too).

@@ -5,7 +5,7 @@
 //!
 //! Decides nothing: it never restarts, stops or signals a process.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +26,7 @@ pub enum ProcEvent {
         epoch: u64,
         /// How it ended; `Err` says why the status is unknown (an adopted
         /// process is not our child, so its status cannot be read).
-        status: Result<ExitStatus, String>,
+        status: Result<ExitStatus, UnknownExit>,
     },
     /// A probe result: the first success of a start, then every liveness
     /// failure and every recovery.
@@ -39,6 +39,27 @@ pub enum ProcEvent {
         ok: bool,
         /// Why not.
         detail: String,
+    },
+}
+
+/// Why a process's exit status is unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum UnknownExit {
+    /// Its pidfd could not be watched (the launcher is out of resources).
+    #[error("cannot watch the process: {0}")]
+    Watch(#[source] std::io::Error),
+    /// Adopted from an earlier launcher: not our child, so its status
+    /// cannot be read.
+    #[error("exited (status unknown: adopted from an earlier launcher, not our child)")]
+    Adopted,
+    /// Reaping it failed.
+    #[error("wait failed: {0}")]
+    Wait(#[source] std::io::Error),
+    /// The kernel reported neither an exit nor a death by a signal.
+    #[error("ended in an unexpected way (si_code {si_code})")]
+    Unexpected {
+        /// `si_code` of the `waitid` answer.
+        si_code: i32,
     },
 }
 
@@ -211,7 +232,7 @@ pub enum Exit {
 }
 
 impl Exit {
-    async fn wait(self) -> Result<ExitStatus, String> {
+    async fn wait(self) -> Result<ExitStatus, UnknownExit> {
         let (fd, ours) = match self {
             Exit::Child(fd) => (fd, true),
             Exit::Adopted(fd) => (fd, false),
@@ -222,15 +243,10 @@ impl Exit {
         let watched = unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
         }
-        .map_err(|e| format!("cannot watch the process: {e}"))?;
-        let _ = watched
-            .readable()
-            .await
-            .map_err(|e| format!("cannot watch the process: {e}"))?;
+        .map_err(|e| UnknownExit::Watch(e.into()))?;
+        let _ = watched.readable().await.map_err(UnknownExit::Watch)?;
         if !ours {
-            return Err(
-                "exited (status unknown: adopted from an earlier launcher, not our child)".into(),
-            );
+            return Err(UnknownExit::Adopted);
         }
         reap(watched.get_ref())
     }
@@ -238,25 +254,23 @@ impl Exit {
 
 /// Reaps our exited child through its pidfd and returns how it ended.
 /// (Not nix's `waitid`, which cannot represent a death by a real-time
-/// signal.)
-#[allow(unsafe_code)]
-fn reap(pidfd: &OwnedFd) -> Result<ExitStatus, String> {
-    use nix::libc;
-    // SAFETY: waitid writes a siginfo_t into the zeroed one we own; the
-    // pidfd is open for the call.
-    let (code, status) = unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        let fd = libc::id_t::try_from(pidfd.as_raw_fd()).unwrap_or(libc::id_t::MAX);
-        if libc::waitid(libc::P_PIDFD, fd, &mut info, libc::WEXITED) != 0 {
-            return Err(format!("wait failed: {}", std::io::Error::last_os_error()));
-        }
-        (info.si_code, info.si_status())
-    };
-    match code {
-        libc::CLD_EXITED => Ok(ExitStatus::from_raw((status & 0xff) << 8)),
-        libc::CLD_KILLED => Ok(ExitStatus::from_raw(status & 0x7f)),
-        libc::CLD_DUMPED => Ok(ExitStatus::from_raw((status & 0x7f) | 0x80)),
-        other => Err(format!("ended in an unexpected way (si_code {other})")),
+/// signal: rustix's gives the raw signal number.)
+fn reap(pidfd: &OwnedFd) -> Result<ExitStatus, UnknownExit> {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    let info = waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED)
+        .map_err(|e| UnknownExit::Wait(e.into()))?
+        // Without NOHANG it returns once the child has exited, so a status
+        // without a pid is a kernel oddity: reported as si_code 0.
+        .ok_or(UnknownExit::Unexpected { si_code: 0 })?;
+    if let Some(code) = info.exit_status() {
+        Ok(ExitStatus::from_raw((code & 0xff) << 8))
+    } else if let Some(sig) = info.terminating_signal() {
+        let core = if info.dumped() { 0x80 } else { 0 };
+        Ok(ExitStatus::from_raw((sig & 0x7f) | core))
+    } else {
+        Err(UnknownExit::Unexpected {
+            si_code: info.raw_code(),
+        })
     }
 }
 
@@ -454,13 +468,18 @@ mod tests {
     }
 
     fn sleeper(t: &tempfile::TempDir) -> crate::runtime::spawn::Spawned {
+        sleep(t, "30")
+    }
+
+    /// `/bin/sleep <arg>`: a number sleeps, anything else exits with 1.
+    fn sleep(t: &tempfile::TempDir, arg: &str) -> crate::runtime::spawn::Spawned {
         let mut pattern = crate::spec::manifest::parse_manifest(
             "name: p\nversion: '1'\nexecutable: /bin/sleep\nisolation_level: none\n",
             "m",
             t.path(),
         )
         .unwrap();
-        pattern.args = vec!["30".into()];
+        pattern.args = vec![arg.into()];
         let key = crate::spec::InstanceKey::new("p", crate::spec::Isolation::None, "", "").unwrap();
         let spec = crate::spec::InstanceSpec::new(key, Default::default(), None).unwrap();
         let ports = crate::reconcile::observed::Ports { grpc: 1, health: 2 };
@@ -496,6 +515,8 @@ mod tests {
             let status = Exit::Child(s.pidfd).wait().await.unwrap();
             assert_eq!(describe_exit(status), expected);
         }
+        let status = Exit::Child(sleep(&t, "never").pidfd).wait().await;
+        assert_eq!(describe_exit(status.unwrap()), "exited with status 1");
     }
 
     #[test]

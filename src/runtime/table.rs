@@ -6,7 +6,7 @@
 //! A pid alone is never trusted: a process is the one recorded only when
 //! its start time (from `/proc/<pid>/stat`) matches too.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -118,21 +118,14 @@ pub fn is_same_process(pid: u32, start: u64) -> bool {
 /// A pidfd for `pid`: readable once the process exits, even when it is
 /// not our child. The caller checks [`is_same_process`] after opening, so
 /// a pid reused in between is never mistaken for the recorded process.
-#[allow(unsafe_code)] // pidfd_open(2) has no safe wrapper in nix yet
 pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    let raw =
-        i32::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EINVAL))?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new file
-    // descriptor or -1; it touches no memory of ours.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, raw, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(nix::libc::EBADF))?;
-    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    debug_assert!(owned.as_raw_fd() >= 0);
-    Ok(owned)
+    use rustix::process::{Pid, PidfdFlags};
+    // Pid 0 (and anything past i32) names no process.
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(nix::libc::EINVAL))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 #[cfg(test)]

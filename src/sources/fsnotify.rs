@@ -34,6 +34,20 @@ const MAX_BATCH: usize = 4096;
 /// One event as `notify` delivers it.
 pub(super) type Raw = notify::Result<Event>;
 
+/// Why a directory is not watched (the periodic rescans make up for it).
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    /// No inotify instance could be created.
+    #[error("no file watcher")]
+    NoWatcher,
+    /// Nothing is there, or it is no directory.
+    #[error("not a directory (yet)")]
+    NotADirectory,
+    /// inotify refused the watch (out of watches, permissions...).
+    #[error(transparent)]
+    Notify(#[from] notify::Error),
+}
+
 /// One inotify instance and the queue its events arrive on.
 pub(super) struct Inotify {
     pub(super) watcher: Option<RecommendedWatcher>,
@@ -67,12 +81,10 @@ impl Inotify {
     }
 
     /// Watches `path` (not recursively).
-    fn watch(&mut self, path: &Path) -> Result<(), String> {
+    fn watch(&mut self, path: &Path) -> Result<(), WatchError> {
         match &mut self.watcher {
-            Some(w) => w
-                .watch(path, RecursiveMode::NonRecursive)
-                .map_err(|e| e.to_string()),
-            None => Err("no file watcher".into()),
+            Some(w) => Ok(w.watch(path, RecursiveMode::NonRecursive)?),
+            None => Err(WatchError::NoWatcher),
         }
     }
 
@@ -131,7 +143,7 @@ impl DirWatch {
             self.id = None;
         }
         let result = match now {
-            None => Err("not a directory (yet)".to_string()),
+            None => Err(WatchError::NotADirectory),
             Some(_) => inotify.watch(&self.path),
         };
         match result {
@@ -142,6 +154,7 @@ impl DirWatch {
                 self.id = now;
             }
             Err(e) => {
+                let e = e.to_string();
                 if self.warned.as_deref() != Some(e.as_str()) {
                     tracing::warn!(
                         "cannot watch {} ({e}); relying on periodic rescans",

@@ -30,12 +30,24 @@ pub fn make_private(dir: &Path) {
 
 /// A failure to read or write a state file, with its path.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {reason}")]
+#[error("{path}: {source}")]
 pub struct StateFileError {
     /// The file.
     pub path: PathBuf,
     /// What went wrong.
-    pub reason: String,
+    pub source: StateFileCause,
+}
+
+/// What went wrong with a state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileCause {
+    /// Reading, writing, syncing or renaming it failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Its content is no JSON array of the expected items (or the items
+    /// cannot be written as JSON).
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
 }
 
 /// A JSON array of `T` in one file.
@@ -54,10 +66,10 @@ impl<T: Serialize + DeserializeOwned> JsonFile<T> {
         }
     }
 
-    fn err(&self, reason: impl ToString) -> StateFileError {
+    fn err(&self, source: impl Into<StateFileCause>) -> StateFileError {
         StateFileError {
             path: self.path.clone(),
-            reason: reason.to_string(),
+            source: source.into(),
         }
     }
 
@@ -166,6 +178,7 @@ mod tests {
         std::fs::write(t.path().join("d.json").join("keep"), "").unwrap();
         let e = d.save(&["new".to_string()]).unwrap_err();
         assert!(e.to_string().contains("d.json"), "{e}");
+        assert!(matches!(e.source, StateFileCause::Io(_)), "{e:?}");
         assert_eq!(names_in(t.path()), vec!["d.json", "x.json"]);
         assert_eq!(f.load().unwrap(), vec!["old"]);
     }
@@ -201,5 +214,6 @@ mod tests {
             .load()
             .unwrap_err();
         assert!(e.to_string().contains("x.json"), "{e}");
+        assert!(matches!(e.source, StateFileCause::Json(_)), "{e:?}");
     }
 }

@@ -546,19 +546,35 @@ fn write_pids_max(dir: &Path, pids: Option<u64>) -> Result<(), CgroupError> {
     }
 }
 
+/// Why a cgroup v2 tree cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum V2SetupError {
+    /// A file of the tree cannot be read or written.
+    #[error(transparent)]
+    Io(#[from] CgroupError),
+    /// The tree lacks the memory or the cpu controller.
+    #[error("the memory and cpu controllers are not available (have: {have})")]
+    Controllers {
+        /// The controllers it has, as `cgroup.controllers` lists them.
+        have: String,
+    },
+}
+
 impl V2 {
     /// Makes `<mount>/<name>` with memory and cpu enabled for its
     /// children. Works as root (the root cgroup may enable controllers);
     /// a delegated, non-root subtree is not supported.
-    fn setup(mount: &Path, name: &str) -> Result<V2, String> {
-        let available = std::fs::read_to_string(mount.join(V2_CONTROLLERS))
-            .map_err(|e| format!("{V2_CONTROLLERS}: {e}"))?;
+    fn setup(mount: &Path, name: &str) -> Result<V2, V2SetupError> {
+        let controllers = mount.join(V2_CONTROLLERS);
+        let available = std::fs::read_to_string(&controllers).map_err(|source| CgroupError {
+            path: controllers,
+            source,
+        })?;
         let have: BTreeSet<&str> = available.split_whitespace().collect();
         if !(have.contains("memory") && have.contains("cpu")) {
-            return Err(format!(
-                "the memory and cpu controllers are not available (have: {})",
-                available.trim()
-            ));
+            return Err(V2SetupError::Controllers {
+                have: available.trim().to_string(),
+            });
         }
         // pids where the kernel has it: a fork bomb stops at pids.max.
         let enable = if have.contains("pids") {
@@ -566,10 +582,10 @@ impl V2 {
         } else {
             "+memory +cpu"
         };
-        write(&mount.join(V2_SUBTREE), enable).map_err(|e| e.to_string())?;
+        write(&mount.join(V2_SUBTREE), enable)?;
         let parent = mount.join(name);
-        mkdir(&parent).map_err(|e| e.to_string())?;
-        write(&parent.join(V2_SUBTREE), enable).map_err(|e| e.to_string())?;
+        mkdir(&parent)?;
+        write(&parent.join(V2_SUBTREE), enable)?;
         Ok(V2 { parent })
     }
 }

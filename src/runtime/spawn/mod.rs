@@ -22,6 +22,9 @@ use crate::reconcile::observed::Ports;
 use crate::spec::InstanceSpec;
 use crate::spec::manifest::Pattern;
 
+mod executable;
+pub use executable::{ExecutableError, check_executable};
+
 /// A process that could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -58,22 +61,6 @@ impl SpawnError {
             }),
         }
     }
-}
-
-/// Checks that `path` is an executable file, without running it.
-pub fn check_executable(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{}: not a regular file", path.display()));
-    }
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!(
-            "{}: not executable (mode {:o})",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        ));
-    }
-    Ok(())
 }
 
 /// The environment a pattern process gets on top of the launcher's own,

@@ -176,22 +176,57 @@ fn validate(doc: Spanned<RawDoc>, file: &str) -> Result<DesiredDoc, YamlError> {
     })
 }
 
+/// A `grace_period` that is refused; each variant holds the text.
+#[derive(Debug, thiserror::Error)]
+enum GraceError {
+    /// Digits only, but too many.
+    #[error("{text:?} is not a duration ({source})")]
+    Seconds {
+        /// The value as written.
+        text: String,
+        /// Why it is no number of seconds.
+        source: std::num::ParseIntError,
+    },
+    /// Not a humantime duration.
+    #[error("{text:?} is not a duration ({source})")]
+    Duration {
+        /// The value as written.
+        text: String,
+        /// Why it is no duration.
+        source: humantime::DurationError,
+    },
+    /// Longer than [`MAX_GRACE_PERIOD`].
+    #[error(
+        "{text:?} is longer than the limit of {}",
+        humantime::format_duration(MAX_GRACE_PERIOD)
+    )]
+    TooLong {
+        /// The value as written.
+        text: String,
+    },
+}
+
 /// A grace period: a humantime duration (`10s`, `1m 30s`) or a plain number
 /// of seconds, `0` (kill at once) to [`MAX_GRACE_PERIOD`].
-fn grace(s: &Spanned<String>) -> Result<Duration, String> {
+fn grace(s: &Spanned<String>) -> Result<Duration, GraceError> {
     let text = s.value.trim();
     let d = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         text.parse::<u64>()
             .map(Duration::from_secs)
-            .map_err(|e| format!("{text:?} is not a duration ({e})"))?
+            .map_err(|source| GraceError::Seconds {
+                text: text.to_string(),
+                source,
+            })?
     } else {
-        humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration ({e})"))?
+        humantime::parse_duration(text).map_err(|source| GraceError::Duration {
+            text: text.to_string(),
+            source,
+        })?
     };
     if d > MAX_GRACE_PERIOD {
-        return Err(format!(
-            "{text:?} is longer than the limit of {}",
-            humantime::format_duration(MAX_GRACE_PERIOD)
-        ));
+        return Err(GraceError::TooLong {
+            text: text.to_string(),
+        });
     }
     Ok(d)
 }
@@ -390,10 +425,16 @@ grace_period: 10s
         assert_eq!(g("500ms"), Ok(Some(Duration::from_millis(500))));
         assert_eq!(g("15"), Ok(Some(Duration::from_secs(15))));
         assert_eq!(g("0s"), Ok(Some(Duration::ZERO)));
-        for bad in ["soon", "-5s", "25h", "99999999999999999999"] {
+        for (bad, why) in [
+            ("soon", "is not a duration ("),
+            ("-5s", "is not a duration ("),
+            ("25h", "is longer than the limit of "),
+            ("99999999999999999999", "is not a duration ("),
+        ] {
             let e = g(bad).unwrap_err();
             assert_eq!(e.line, Some(2), "{bad}: {e}");
-            assert!(e.message.contains("grace_period"), "{bad}: {e}");
+            let start = format!("key `grace_period`: {bad:?} {why}");
+            assert!(e.message.starts_with(&start), "{bad}: {e}");
         }
     }
 

@@ -38,7 +38,7 @@ pub mod wait;
 pub use prism_launcher::proto;
 
 pub use cgroup::{cgroup_dir, cgroup_file, wait_orphan_sweeps};
-pub use env::{TestEnv, TestEnvBuilder, is_running, listed_pids};
+pub use env::{TestEnv, TestEnvBuilder, is_running, listed_pids, source_ids};
 pub use files::{
     count_lines, file_len, read_lossy, tail, write_atomic, write_atomic_mode, write_file_mode,
 };

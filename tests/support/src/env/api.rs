@@ -27,6 +27,20 @@ pub fn listed_pids(list: &[Value]) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// The `processIds` of a ListSources entry.
+pub fn source_ids(source: &Value) -> Vec<String> {
+    source
+        .get("processIds")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl TestEnv {
     /// LaunchPattern with namespace isolation.
     pub fn launch_ns(

@@ -29,7 +29,7 @@ use crate::manifest::{PatternSpec, with_token_env};
 use crate::ports::PortBlock;
 use crate::procs::{TEST_TOKEN_VAR, kill_token_processes, token_pids};
 
-pub use api::{is_running, listed_pids};
+pub use api::{is_running, listed_pids, source_ids};
 
 /// Options for [`TestEnv`].
 pub struct TestEnvBuilder {
