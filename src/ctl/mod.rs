@@ -17,6 +17,9 @@ pub mod json;
 mod render;
 pub mod table;
 
+#[cfg(test)]
+mod fake_server_tests;
+
 use std::ffi::OsString;
 use std::io::Write;
 
