@@ -164,6 +164,12 @@ impl CtlStream {
         }
     }
 
+    /// Waits up to `timeout` for the command to end by itself; its exit
+    /// status (None: still running).
+    pub fn ended(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        wait_for(timeout, || self.child.0.try_wait().ok().flatten())
+    }
+
     /// Ends the command; what it printed on stderr.
     pub fn stop(mut self) -> String {
         let _ = self.child.0.kill();
