@@ -30,6 +30,7 @@
 //!   [`runtime::Runtime`] trait: spawn, supervisors (exit, probes), ports,
 //!   logs, cgroups, the process table, discovery of running instances.
 //! - [`api`]: the gRPC service, wire conversions, the bounded listener.
+//! - [`ctl`]: `prism-launcher ctl`, the command-line client of the API.
 //! - this file: [`Launcher`] (settings, start-up, shutdown) and the
 //!   generated [`proto`] types; `main.rs` is the command line.
 
@@ -37,6 +38,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod ctl;
 pub mod desired;
 pub mod events;
 pub mod reconcile;

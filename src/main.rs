@@ -8,13 +8,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use prism_launcher::Launcher;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// A local reconciling launcher for pattern processes.
 #[derive(Debug, Parser)]
-#[command(name = "prism-launcher", version, args_override_self = true)]
+#[command(
+    name = "prism-launcher",
+    version,
+    args_override_self = true,
+    after_help = "Client of a running launcher: prism-launcher ctl --help"
+)]
 struct Flags {
     /// One sub-directory per pattern, each with manifest.yaml.
     #[arg(long, default_value = "./patterns")]
@@ -125,6 +130,11 @@ fn raise_fd_limit() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `prism-launcher ctl ...`: the client, not the launcher.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
+        let args = std::env::args_os().skip(1);
+        std::process::exit(prism_launcher::ctl::main(args, Flags::command()).await);
+    }
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // notify warns when the kernel has already dropped the watch of a

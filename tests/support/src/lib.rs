@@ -17,6 +17,7 @@
 //! - [`ports`]: port blocks held through lock files;
 //! - [`files`], [`http`]: file and HTTP helpers;
 //! - [`grpc`]: the tonic client, grpcurl's JSON, the real grpcurl;
+//! - [`ctl`]: `prism-launcher ctl` run as a user runs it;
 //! - [`manifest`]: pattern manifests and desired-state documents;
 //! - [`launcher`]: the launcher process;
 //! - [`env`]: a test's world and its calls;
@@ -24,6 +25,7 @@
 
 pub mod bins;
 pub mod cgroup;
+pub mod ctl;
 pub mod env;
 pub mod files;
 pub mod grpc;
@@ -38,6 +40,7 @@ pub mod wait;
 pub use prism_launcher::proto;
 
 pub use cgroup::{cgroup_dir, cgroup_file, wait_orphan_sweeps};
+pub use ctl::{CtlRun, CtlStream, ctl, ctl_command, run as run_ctl};
 pub use env::{TestEnv, TestEnvBuilder, is_running, listed_pids, source_ids};
 pub use files::{
     count_lines, file_len, read_lossy, tail, write_atomic, write_atomic_mode, write_file_mode,
