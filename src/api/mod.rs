@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod convert;
+pub mod identity;
 pub mod incoming;
 mod logs;
 mod steer;
@@ -70,13 +71,9 @@ impl LauncherService {
     }
 }
 
-/// Who makes a call, as events and the log name them: the peer's address
-/// (identities come with authentication).
+/// Who makes a call, as events and the log name them.
 pub(crate) fn actor<T>(request: &Request<T>) -> String {
-    match request.remote_addr() {
-        Some(a) => format!("api {a}"),
-        None => "api".to_string(),
-    }
+    identity::identity(request).to_string()
 }
 
 fn to_status(e: CommandError) -> Status {
