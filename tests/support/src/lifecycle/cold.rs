@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::session::{Session, launch_request, launched, note_findings, running};
 use super::small::launch_on_running;
-use super::{Ctx, SETTLE, desired_doc};
+use super::{Ctx, SETTLE, desired_doc, watchers};
 use crate::procs::{clk_tck, cpu_ticks, status_kb, thread_ticks};
 
 /// utime + stime of the launcher `pid` (0 once it is gone).
@@ -114,18 +114,32 @@ pub(super) fn cold(ctx: &mut Ctx<'_>, n: usize, how: Declare, steady: bool) {
     };
     ctx.report.push_ms(&format!("cold.{}.{n}", how.key()), took);
     if steady {
-        steady_state(ctx, &s, n);
+        steady_state(ctx, &s, n, "steady");
         let (p50, p99, rate) = launch_on_running(ctx, &s, "c0");
         ctx.report.push_ms("launch_n.p50", p50);
         ctx.report.push_ms("launch_n.p99", p99);
         ctx.report.push("launch_n.rate", rate);
+        // The same with watch clients reading everything.
+        let (readers, read) = watchers::start_readers(ctx, &s, watchers::WATCH_CLIENTS);
+        steady_state(ctx, &s, n, "steady_w");
+        let (_, p99, _) = launch_on_running(ctx, &s, "c0");
+        ctx.report.push_ms("launch_nw.p99", p99);
+        for r in readers {
+            r.abort();
+        }
+        // Each reader got at least the snapshot of every instance.
+        let got = read.load(std::sync::atomic::Ordering::Relaxed);
+        if got < (watchers::WATCH_CLIENTS * n) as u64 {
+            s.fail(&format!("the watch clients read only {got} events"));
+        }
     }
     note_findings(ctx, &s, "none");
     let stop = s.stop();
     ctx.report.push_ms(&format!("stop.{n}"), stop);
 }
 
-fn steady_state(ctx: &mut Ctx<'_>, s: &Session, n: usize) {
+/// The steady-state figures `<key>.cpu`, `<key>.hwm` and `<key>.rss`.
+fn steady_state(ctx: &mut Ctx<'_>, s: &Session, n: usize, key: &str) {
     thread::sleep(SETTLE);
     let ticks = clk_tck();
     let (t0, c0, threads0) = (
@@ -139,11 +153,13 @@ fn steady_state(ctx: &mut Ctx<'_>, s: &Session, n: usize) {
         ticks_of(s.pid),
         thread_ticks(i64::from(s.pid)),
     );
-    for (name, t1) in threads1 {
-        let t0 = threads0.get(&name).copied().unwrap_or(0);
-        *ctx.steady_threads.0.entry(name).or_default() += t1.saturating_sub(t0);
+    if key == "steady" {
+        for (name, t1) in threads1 {
+            let t0 = threads0.get(&name).copied().unwrap_or(0);
+            *ctx.steady_threads.0.entry(name).or_default() += t1.saturating_sub(t0);
+        }
+        ctx.steady_threads.1 += took.as_secs_f64();
     }
-    ctx.steady_threads.1 += took.as_secs_f64();
     let cpu = (c1.saturating_sub(c0)) as f64 / ticks / took.as_secs_f64() * 100.0;
     let mb = |kb: Option<u64>| kb.unwrap_or(0) as f64 * 1024.0 / 1e6;
     let hwm = mb(status_kb(i64::from(s.pid), "VmHWM"));
@@ -162,7 +178,7 @@ fn steady_state(ctx: &mut Ctx<'_>, s: &Session, n: usize) {
     // but a figure must be positive to be told from a missing one: count it
     // as half a tick.
     let floor = 0.5 / ticks / took.as_secs_f64() * 100.0;
-    ctx.report.push("steady.cpu", cpu.max(floor));
-    ctx.report.push("steady.hwm", hwm);
-    ctx.report.push("steady.rss", rss);
+    ctx.report.push(&format!("{key}.cpu"), cpu.max(floor));
+    ctx.report.push(&format!("{key}.hwm"), hwm);
+    ctx.report.push(&format!("{key}.rss"), rss);
 }

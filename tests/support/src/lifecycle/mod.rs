@@ -68,6 +68,7 @@ mod raw;
 pub mod report;
 mod session;
 mod small;
+pub mod watchers;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

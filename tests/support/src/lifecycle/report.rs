@@ -176,6 +176,45 @@ impl Report {
             Unit::Mb,
             None,
         );
+        // What watch clients cost: the ratio column compares with the
+        // same figure without them.
+        let w = super::watchers::WATCH_CLIENTS;
+        add(
+            "steady_w.cpu".into(),
+            format!("  …with {w} watch clients: CPU (vs without)"),
+            Unit::Percent,
+            Some("steady.cpu".into()),
+        );
+        add(
+            "steady_w.hwm".into(),
+            format!("  …with {w} watch clients: peak RSS (vs without)"),
+            Unit::Mb,
+            Some("steady.hwm".into()),
+        );
+        add(
+            "steady_w.rss".into(),
+            format!("  …with {w} watch clients: RSS at the end"),
+            Unit::Mb,
+            Some("steady.rss".into()),
+        );
+        add(
+            "launch_nw.p99".into(),
+            format!("  …with {w} watch clients: LaunchPattern p99"),
+            Unit::Ms,
+            Some("launch_n.p99".into()),
+        );
+        add(
+            "launch_evt.p99".into(),
+            format!("LaunchPattern p99 ({few} inst.), 1000 events/s"),
+            Unit::Ms,
+            None,
+        );
+        add(
+            "launch_stalled.p99".into(),
+            "  …and a watch client that never reads".into(),
+            Unit::Ms,
+            Some("launch_evt.p99".into()),
+        );
         for &n in &p.ns {
             add(
                 format!("stop.{n}"),
@@ -220,6 +259,14 @@ impl Report {
             target("steady.hwm", Target::AtMost(30.0), "≤ 30 MB");
         }
         target("stop.1000", Target::AtMost(1000.0), "≤ 1 s");
+        for key in [
+            "steady_w.cpu",
+            "steady_w.hwm",
+            "launch_nw.p99",
+            "launch_stalled.p99",
+        ] {
+            target(key, Target::RawRatioAtMost(1.1), "≤ 1.1× without");
+        }
         target("planner.noop.10000", Target::AtMost(2.0), "≤ 2 ms");
         r
     }

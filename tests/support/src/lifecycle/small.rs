@@ -179,6 +179,7 @@ pub(super) fn small_session(ctx: &mut Ctx<'_>) {
     ctx.report.push_ms("launch.p50", p50);
     ctx.report.push_ms("launch.p99", p99);
     ctx.report.push("launch.rate", rate);
+    super::watchers::launch_with_a_stalled_client(ctx, &s, "k0");
     note_findings(ctx, &s, "one WARN per kill -9");
     s.stop();
 }
