@@ -68,6 +68,11 @@ struct Flags {
     /// `<file>.1`, then emptied): bytes, or a quantity like 16Mi.
     #[arg(long, default_value = "16Mi", value_parser = parse_log_max)]
     log_max_bytes: u64,
+    /// Port of the Prometheus metrics listener (also /healthz, /readyz),
+    /// on the --listen address; 0 turns it off. [default: 9464; the
+    /// default port in use only turns metrics off, with a warning]
+    #[arg(long)]
+    metrics_port: Option<u16>,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -166,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
         .keep_instances_on_exit(flags.keep_instances_on_exit)
         .max_connections(flags.max_connections)
         .log_max_bytes(flags.log_max_bytes)
+        .metrics_port(flags.metrics_port)
         .build()
         .run(shutdown)
         .await

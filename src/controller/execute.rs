@@ -35,9 +35,12 @@ impl<R: Runtime> Controller<R> {
                     ProbeOutcome::Failed {
                         failures,
                         threshold,
-                    } => tracing::warn!(
-                        "{process_id}: health check failed ({failures}/{threshold}): {detail}"
-                    ),
+                    } => {
+                        self.cfg.metrics.probe_failed();
+                        tracing::warn!(
+                            "{process_id}: health check failed ({failures}/{threshold}): {detail}"
+                        )
+                    }
                     ProbeOutcome::Ignored => return,
                 }
                 self.touch(&process_id);
@@ -235,7 +238,7 @@ impl<R: Runtime> Controller<R> {
             ports: o.ports,
             epoch,
         };
-        match self.rt.start(req) {
+        match self.cfg.metrics.time_spawn(|| self.rt.start(req)) {
             Ok(child) => {
                 let pid = child.pid;
                 if !child.joined_cgroups {

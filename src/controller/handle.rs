@@ -117,6 +117,8 @@ pub struct ControllerConfig {
     pub orphan_sweep: Duration,
     /// Leave instances running on shutdown, for the next launcher.
     pub keep_instances_on_exit: bool,
+    /// Where passes, spawns and probe failures are counted.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Handles to talk to a running controller.

@@ -260,6 +260,7 @@ impl<R: Runtime> Controller<R> {
     /// Phases 1 and 2: plans, then carries the actions out. Returns whether
     /// anything was done, and when the planner wants to look again.
     fn plan_and_execute(&mut self, now: Instant) -> (bool, Option<Instant>) {
+        let _timer = self.cfg.metrics.reconcile_timer();
         let empty = DesiredSet::default();
         let desired = if self.shutting_down {
             &empty
@@ -384,6 +385,7 @@ impl<R: Runtime> Controller<R> {
             problems: self.problems_shown.clone(),
             instances: self.statuses.clone(),
             sources: self.sources.clone(),
+            synced: self.synced,
         }));
     }
 

@@ -82,6 +82,7 @@ impl Sim {
             plan: PlanConfig::default(),
             orphan_sweep: Duration::from_secs(60),
             keep_instances_on_exit: false,
+            metrics: Default::default(),
         };
         let watchers = Watchers {
             desired: desired_rx,
