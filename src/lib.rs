@@ -31,7 +31,7 @@
 //!   logs, cgroups, the process table, discovery of running instances.
 //! - [`api`]: the gRPC service, wire conversions, the bounded listener.
 //! - [`metrics`]: Prometheus metrics and their HTTP listener (with
-//!   `/healthz` and `/readyz`).
+//!   `/healthz` and `/readyz`); [`service`]: systemd notifications.
 //! - this file: [`Launcher`] (settings, start-up, shutdown) and the
 //!   generated [`proto`] types; `main.rs` is the command line.
 
@@ -43,6 +43,7 @@ pub mod desired;
 pub mod metrics;
 pub mod reconcile;
 pub mod runtime;
+pub mod service;
 pub mod sources;
 pub mod spec;
 #[cfg(test)]
@@ -391,6 +392,7 @@ impl Launcher {
             .map_err(|source| LaunchError::Listen { addr, source })?;
         let metrics_listener = self.bind_metrics().await?;
         let metrics = metrics::Metrics::new();
+        let notifier = service::Notifier::from_env();
 
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let rt = runtime::linux::LinuxRuntime::new(
@@ -409,6 +411,7 @@ impl Launcher {
                 orphan_sweep: self.orphan_sweep,
                 keep_instances_on_exit: self.keep_instances_on_exit,
                 metrics: metrics.clone(),
+                notifier: notifier.clone(),
             },
             catalog,
             errors.iter().map(ToString::to_string).collect(),
@@ -419,6 +422,7 @@ impl Launcher {
         let loop_task = tokio::spawn(controller.run());
         let metrics_task =
             metrics_listener.map(|l| metrics::server::spawn(l, metrics, handle.clone()));
+        let status_task = service::spawn_status(notifier.clone(), handle.snapshots.clone());
 
         let reflection =
             |e: tonic_reflection::server::Error| LaunchError::Reflection(e.to_string());
@@ -474,6 +478,10 @@ impl Launcher {
             }
             joined = &mut server => flatten(joined),
         };
+        notifier.stopping();
+        if let Some(t) = status_task {
+            t.abort();
+        }
         tracing::info!("gRPC server stopped; terminating instances");
         let _ = handle.commands.send(Command::Shutdown).await;
         let _ = loop_task.await;

@@ -224,6 +224,7 @@ impl<R: Runtime> Controller<R> {
                     .unwrap_or(u64::MAX),
                 Ordering::Relaxed,
             );
+            self.cfg.notifier.watchdog();
             if self.shutting_down && self.cfg.keep_instances_on_exit {
                 self.save_table();
                 tracing::info!(

@@ -83,6 +83,7 @@ impl Sim {
             orphan_sweep: Duration::from_secs(60),
             keep_instances_on_exit: false,
             metrics: Default::default(),
+            notifier: Default::default(),
         };
         let watchers = Watchers {
             desired: desired_rx,
