@@ -73,6 +73,16 @@ struct Flags {
     /// default port in use only turns metrics off, with a warning]
     #[arg(long)]
     metrics_port: Option<u16>,
+    /// Format of the launcher's own log on stderr: one JSON object per
+    /// line, or text.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -130,6 +140,7 @@ fn raise_fd_limit() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // notify warns when the kernel has already dropped the watch of a
@@ -140,12 +151,13 @@ async fn main() -> anyhow::Result<()> {
     {
         filter = filter.add_directive(quiet);
     }
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let flags = Flags::parse();
+        .with_writer(std::io::stderr);
+    match flags.log_format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
     prism_launcher::exit_on_panic();
     raise_fd_limit();
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

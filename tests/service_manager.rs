@@ -1,6 +1,7 @@
 //! Running under a service manager: the sd_notify messages of the real
 //! binary (READY=1, STATUS=, WATCHDOG=1, STOPPING=1) on a Unix datagram
-//! socket the test binds, as systemd's would be; the unit file in deploy/.
+//! socket the test binds, as systemd's would be; `--log-format json`; the
+//! unit file in deploy/.
 
 mod common;
 
@@ -119,6 +120,32 @@ fn without_a_watchdog_the_launcher_sends_no_pings() {
     assert_eq!(n.lines("STOPPING=1"), 1, "{:?}", n.got);
 }
 
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let mut env = TestEnv::builder().arg("--log-format").arg("json").start();
+    let reply = env.launch_running("test-pattern", "j", &[]);
+    signal(jint(&reply, "pid"), nix::sys::signal::Signal::SIGKILL);
+    env.wait_restarted("ns:j:test-pattern", jint(&reply, "pid"));
+    env.launcher().stop();
+    let log = env.read_log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 5, "{log}");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n--- log ---\n{log}"));
+        assert!(v.is_object(), "{line}");
+        for key in ["timestamp", "level", "message", "target"] {
+            assert!(v.get(key).is_some(), "no {key:?} in {line}");
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"level\":\"WARN\"")
+            && l.contains("ns:j:test-pattern")
+            && l.contains("signal 9")),
+        "the crash is logged as a JSON line: {log}"
+    );
+}
+
 /// The ExecStart command line of the unit file, continuation lines joined.
 fn exec_start(unit: &str) -> Vec<String> {
     let mut cmd = String::new();
@@ -154,10 +181,9 @@ fn the_unit_file_is_a_notify_service_with_a_watchdog_whose_flags_the_launcher_ta
     );
     let cmd = exec_start(&unit);
     assert_eq!(cmd[0], "/usr/local/bin/prism-launcher", "{cmd:?}");
-    assert!(
-        cmd.iter().any(|w| w == "--metrics-port"),
-        "--metrics-port not in {cmd:?}"
-    );
+    for flag in ["--metrics-port", "--log-format"] {
+        assert!(cmd.iter().any(|w| w == flag), "{flag} not in {cmd:?}");
+    }
     // clap parses every flag before it answers --help: an unknown flag or a
     // bad value fails here.
     let out = Command::new(LAUNCHER_BIN)
