@@ -31,6 +31,8 @@
 //!   logs, cgroups, the process table, discovery of running instances.
 //! - [`api`]: the gRPC service, wire conversions, the bounded listener.
 //! - [`ctl`]: `prism-launcher ctl`, the command-line client of the API.
+//! - [`metrics`]: Prometheus metrics and their HTTP listener (with
+//!   `/healthz` and `/readyz`); [`service`]: systemd notifications.
 //! - this file: [`Launcher`] (settings, start-up, shutdown) and the
 //!   generated [`proto`] types; `main.rs` is the command line.
 
@@ -41,8 +43,10 @@ pub mod controller;
 pub mod ctl;
 pub mod desired;
 pub mod events;
+pub mod metrics;
 pub mod reconcile;
 pub mod runtime;
+pub mod service;
 pub mod sources;
 pub mod spec;
 #[cfg(test)]
@@ -183,6 +187,16 @@ pub enum LaunchError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The metrics port cannot be bound.
+    #[error(
+        "cannot listen on {addr} for metrics: {source} (another process holds it? choose one with --metrics-port, 0 turns metrics off)"
+    )]
+    MetricsListen {
+        /// The address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
@@ -209,6 +223,7 @@ pub struct Launcher {
     keep_instances_on_exit: bool,
     max_connections: usize,
     log_max_bytes: u64,
+    metrics_port: Option<u16>,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -287,6 +302,13 @@ impl LauncherBuilder {
         self.0.log_max_bytes = bytes;
         self
     }
+    /// `--metrics-port`: `Some(0)` turns metrics off; `None` is the
+    /// default port, [`metrics::DEFAULT_METRICS_PORT`], where a port in use
+    /// is only a warning (an explicit port in use stops the start).
+    pub fn metrics_port(mut self, port: Option<u16>) -> Self {
+        self.0.metrics_port = port;
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -309,6 +331,7 @@ impl Launcher {
             keep_instances_on_exit: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_max_bytes: runtime::logs::DEFAULT_MAX_LOG_BYTES,
+            metrics_port: None,
         })
     }
 
@@ -373,6 +396,9 @@ impl Launcher {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| LaunchError::Listen { addr, source })?;
+        let metrics_listener = self.bind_metrics().await?;
+        let metrics = metrics::Metrics::new();
+        let notifier = service::Notifier::from_env();
 
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let rt = runtime::linux::LinuxRuntime::new(
@@ -391,6 +417,8 @@ impl Launcher {
                 orphan_sweep: self.orphan_sweep,
                 keep_instances_on_exit: self.keep_instances_on_exit,
                 events: events::EventLog::new(events::revision::Revisions::open(&self.state_dir)),
+                metrics: metrics.clone(),
+                notifier: notifier.clone(),
             },
             catalog,
             errors.iter().map(ToString::to_string).collect(),
@@ -399,6 +427,9 @@ impl Launcher {
             events,
         )?;
         let loop_task = tokio::spawn(controller.run());
+        let metrics_task =
+            metrics_listener.map(|l| metrics::server::spawn(l, metrics, handle.clone()));
+        let status_task = service::spawn_status(notifier.clone(), handle.snapshots.clone());
 
         let reflection = LaunchError::Reflection;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -453,10 +484,42 @@ impl Launcher {
             }
             joined = &mut server => flatten(joined),
         };
+        notifier.stopping();
+        if let Some(t) = status_task {
+            t.abort();
+        }
         tracing::info!("gRPC server stopped; terminating instances");
         let _ = handle.commands.send(Command::Shutdown).await;
         let _ = loop_task.await;
         tracing::info!("controller stopped");
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         served
+    }
+
+    /// The metrics listener, unless `--metrics-port 0`. The default port in
+    /// use is a warning (metrics are then off), an explicit one an error.
+    async fn bind_metrics(&self) -> Result<Option<tokio::net::TcpListener>, LaunchError> {
+        let port = self.metrics_port.unwrap_or(metrics::DEFAULT_METRICS_PORT);
+        if port == 0 {
+            return Ok(None);
+        }
+        let addr = SocketAddr::new(self.listen, port);
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!("Serving metrics on http://{addr}/metrics (and /healthz, /readyz)");
+                Ok(Some(l))
+            }
+            Err(source) if self.metrics_port.is_some() => {
+                Err(LaunchError::MetricsListen { addr, source })
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "metrics are off: cannot listen on {addr}: {e} (choose a port with --metrics-port, or 0 to silence this)"
+                );
+                Ok(None)
+            }
+        }
     }
 }

@@ -73,6 +73,21 @@ struct Flags {
     /// `<file>.1`, then emptied): bytes, or a quantity like 16Mi.
     #[arg(long, default_value = "16Mi", value_parser = parse_log_max)]
     log_max_bytes: u64,
+    /// Port of the Prometheus metrics listener (also /healthz, /readyz),
+    /// on the --listen address; 0 turns it off. [default: 9464; the
+    /// default port in use only turns metrics off, with a warning]
+    #[arg(long)]
+    metrics_port: Option<u16>,
+    /// Format of the launcher's own log on stderr: one JSON object per
+    /// line, or text.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -135,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
         let args = std::env::args_os().skip(1);
         std::process::exit(prism_launcher::ctl::main(args, Flags::command()).await);
     }
+    let flags = Flags::parse();
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // notify warns when the kernel has already dropped the watch of a
@@ -145,12 +161,13 @@ async fn main() -> anyhow::Result<()> {
     {
         filter = filter.add_directive(quiet);
     }
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let flags = Flags::parse();
+        .with_writer(std::io::stderr);
+    match flags.log_format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => log.json().flatten_event(true).init(),
+    }
     prism_launcher::exit_on_panic();
     raise_fd_limit();
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -176,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         .keep_instances_on_exit(flags.keep_instances_on_exit)
         .max_connections(flags.max_connections)
         .log_max_bytes(flags.log_max_bytes)
+        .metrics_port(flags.metrics_port)
         .build()
         .run(shutdown)
         .await

@@ -112,6 +112,7 @@ fn the_readme_start_up_lines_are_what_the_launcher_prints() {
         .no_patterns()
         .with_samples()
         .default_port_range()
+        .with_metrics()
         .start();
     let printed: Vec<String> = env
         .read_log()

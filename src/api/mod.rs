@@ -23,7 +23,7 @@ use crate::proto::pattern_launcher_server::PatternLauncher;
 use crate::reconcile::Phase;
 
 /// The loop is stalled when it has not run for this long.
-const STALL_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const STALL_AFTER: Duration = Duration::from_secs(10);
 /// Extra time a waiting call allows beyond the timeout it waits for.
 const WAIT_MARGIN: Duration = Duration::from_secs(5);
 

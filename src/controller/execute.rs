@@ -53,6 +53,7 @@ impl<R: Runtime> Controller<R> {
                         let path = &o.pattern.health.path;
                         let msg = format!("probe GET {path}: {detail} ({failures}/{threshold})");
                         self.emit(&process_id, Reason::Unhealthy, msg);
+                        self.cfg.metrics.probe_failed();
                     }
                     ProbeOutcome::Ignored => return,
                 }
@@ -312,7 +313,7 @@ impl<R: Runtime> Controller<R> {
             ports: o.ports,
             epoch,
         };
-        match self.rt.start(req) {
+        match self.cfg.metrics.time_spawn(|| self.rt.start(req)) {
             Ok(child) => {
                 let pid = child.pid;
                 if !child.joined_cgroups {

@@ -159,6 +159,10 @@ pub struct ControllerConfig {
     pub keep_instances_on_exit: bool,
     /// Where events go.
     pub events: EventLog,
+    /// Where passes, spawns and probe failures are counted.
+    pub metrics: crate::metrics::Metrics,
+    /// The service manager, pinged by the loop when it has a watchdog.
+    pub notifier: crate::service::Notifier,
 }
 
 /// Handles to talk to a running controller.

@@ -229,6 +229,7 @@ impl<R: Runtime> Controller<R> {
                     .unwrap_or(u64::MAX),
                 Ordering::Relaxed,
             );
+            self.cfg.notifier.watchdog();
             if self.shutting_down && self.cfg.keep_instances_on_exit {
                 self.save_table();
                 tracing::info!(
@@ -265,6 +266,7 @@ impl<R: Runtime> Controller<R> {
     /// Phases 1 and 2: plans, then carries the actions out. Returns whether
     /// anything was done, and when the planner wants to look again.
     fn plan_and_execute(&mut self, now: Instant) -> (bool, Option<Instant>) {
+        let _timer = self.cfg.metrics.reconcile_timer();
         let empty = DesiredSet::default();
         let desired = if self.shutting_down {
             &empty
@@ -393,11 +395,14 @@ impl<R: Runtime> Controller<R> {
             problems: self.problems_shown.clone(),
             instances: self.statuses.clone(),
             sources: self.sources.clone(),
+            synced: self.synced,
         });
+        let events = std::mem::take(&mut self.pending_events);
+        for e in &events {
+            self.cfg.metrics.event(e.reason.as_str());
+        }
         // Events first: a caller woken by the snapshot finds them in the log.
-        self.cfg
-            .events
-            .publish(std::mem::take(&mut self.pending_events), snapshot.clone());
+        self.cfg.events.publish(events, snapshot.clone());
         self.snapshot_tx.send_replace(snapshot);
     }
 

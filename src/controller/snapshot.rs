@@ -115,4 +115,7 @@ pub struct Snapshot {
     pub instances: BTreeMap<String, Arc<InstanceStatus>>,
     /// Desired files (by name), then manifests (by path).
     pub sources: Arc<Vec<SourceStatus>>,
+    /// The desired directory's first scan was applied and running
+    /// instances adopted: the launcher is ready.
+    pub synced: bool,
 }

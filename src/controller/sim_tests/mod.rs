@@ -85,6 +85,8 @@ impl Sim {
             orphan_sweep: Duration::from_secs(60),
             keep_instances_on_exit: false,
             events: crate::events::EventLog::in_memory(),
+            metrics: Default::default(),
+            notifier: Default::default(),
         };
         let watchers = Watchers {
             desired: desired_rx,

@@ -8,12 +8,21 @@ use std::time::Duration;
 /// A plain `GET` over a raw TCP stream; returns the whole response (status
 /// line, headers, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    http_get_with(port, path, &[])
+}
+
+/// [`http_get`] with extra request headers (`("Accept", "...")`).
+pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];

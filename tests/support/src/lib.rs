@@ -49,7 +49,7 @@ pub use grpc::api::{Api, info_running};
 pub use grpc::grpcurl::{grpcurl, grpcurl_call, grpcurl_lists_service};
 pub use grpc::json::{jbool, jint, jstr, mentions_number};
 pub use grpc::{GrpcClient, GrpcError, SERVICE, grpc_call, grpc_call_within};
-pub use http::{http_get, http_ok};
+pub use http::{http_get, http_get_with, http_ok};
 pub use launcher::Launcher;
 pub use manifest::{PatternSpec, desired_doc, desired_stream, with_token_env};
 pub use ports::{PortBlock, port_free};

@@ -48,7 +48,8 @@ fn random_u64() -> u64 {
 }
 
 /// A block of ports owned by one test: `base` is the launcher's gRPC port,
-/// `base + 1` the preferred health port of the generated manifests, and
+/// `base + 1` the preferred health port of the generated manifests,
+/// `base + 2` the metrics port (when a test turns metrics on), and
 /// `base + 10 ..= base + size - 1` the `--port-range`. Made of `size / 100`
 /// adjacent 100-port blocks.
 pub struct PortBlock {
@@ -61,7 +62,8 @@ pub struct PortBlock {
 /// Which ports of a block must be bindable when it is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {
-    /// The gRPC and health ports (the launcher checks the others itself).
+    /// The gRPC, health and metrics ports (the launcher checks the others
+    /// itself).
     GrpcAndHealth,
     /// Every one (a bench binds them all itself).
     Every,
@@ -119,7 +121,7 @@ impl PortBlock {
             }
             let size = wanted * PORT_BLOCK;
             let free = match check {
-                Check::GrpcAndHealth => port_free(base) && port_free(base + 1),
+                Check::GrpcAndHealth => (base..=base + 2).all(port_free),
                 Check::Every => (base..=base + (size - 1)).all(port_free),
             };
             if free {
@@ -143,6 +145,11 @@ impl PortBlock {
     /// The preferred health port written into generated manifests.
     pub fn health_port(&self) -> u16 {
         self.base + 1
+    }
+
+    /// The launcher's `--metrics-port` when a test turns metrics on.
+    pub fn metrics_port(&self) -> u16 {
+        self.base + 2
     }
 
     /// The `--port-range` value for instances.

@@ -44,6 +44,7 @@ pub struct TestEnvBuilder {
     files: Vec<(PathBuf, String, u32)>,
     fd_limit: Option<u64>,
     via_grpcurl: bool,
+    metrics: bool,
 }
 
 impl TestEnvBuilder {
@@ -135,6 +136,13 @@ impl TestEnvBuilder {
         self
     }
 
+    /// Serves metrics on [`PortBlock::metrics_port`] (off by default, so
+    /// that no test launcher takes the default port 9464).
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
+        self
+    }
+
     pub fn start(self) -> TestEnv {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = tempfile::Builder::new()
@@ -194,6 +202,12 @@ impl TestEnvBuilder {
             ports.grpc_port().to_string(),
             "--listen".into(),
             "127.0.0.1".into(),
+            "--metrics-port".into(),
+            if self.metrics {
+                ports.metrics_port().to_string()
+            } else {
+                "0".into()
+            },
         ];
         if !self.default_port_range {
             let (a, b) = ports.instance_range();
@@ -284,6 +298,7 @@ impl TestEnv {
             files: Vec::new(),
             fd_limit: None,
             via_grpcurl: false,
+            metrics: false,
         }
     }
 

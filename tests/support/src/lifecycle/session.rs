@@ -152,6 +152,7 @@ impl Session {
             .args(["--grpc-port", &grpc.to_string()])
             .args(["--listen", "127.0.0.1"])
             .args(["--port-range", &format!("{first}-{last}")])
+            .args(["--metrics-port", "0"])
             .env("RUST_LOG", "warn")
             .env(TOKEN_VAR, &ctx.token)
             .stdin(Stdio::null())
