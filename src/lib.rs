@@ -203,6 +203,7 @@ pub struct Launcher {
     keep_instances_on_exit: bool,
     max_connections: usize,
     log_max_bytes: u64,
+    log_keep: usize,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -281,6 +282,11 @@ impl LauncherBuilder {
         self.0.log_max_bytes = bytes;
         self
     }
+    /// `--log-keep`: rotated generations of an instance's log kept.
+    pub fn log_keep(mut self, n: usize) -> Self {
+        self.0.log_keep = n.clamp(1, runtime::logs::MAX_LOG_KEEP);
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -303,6 +309,7 @@ impl Launcher {
             keep_instances_on_exit: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_max_bytes: runtime::logs::DEFAULT_MAX_LOG_BYTES,
+            log_keep: runtime::logs::DEFAULT_LOG_KEEP,
         })
     }
 
@@ -374,6 +381,7 @@ impl Launcher {
             cgroups,
             launcher_id,
             self.log_max_bytes,
+            self.log_keep,
             events_tx,
         )
         .map_err(controller::SetupError::from)?;

@@ -68,6 +68,11 @@ struct Flags {
     /// `<file>.1`, then emptied): bytes, or a quantity like 16Mi.
     #[arg(long, default_value = "16Mi", value_parser = parse_log_max)]
     log_max_bytes: u64,
+    /// Rotated generations of an instance's log kept (`<file>.1` newest
+    /// ... `<file>.N`), 1 to 100.
+    #[arg(long, default_value_t = prism_launcher::runtime::logs::DEFAULT_LOG_KEEP,
+          value_parser = parse_log_keep)]
+    log_keep: usize,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -85,6 +90,14 @@ fn parse_log_max(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?}: at least {MIN_LOG_BYTES} bytes (64Ki)"));
     }
     Ok(bytes)
+}
+
+fn parse_log_keep(s: &str) -> Result<usize, String> {
+    use prism_launcher::runtime::logs::MAX_LOG_KEEP;
+    match positive(s)? {
+        n if n <= MAX_LOG_KEEP => Ok(n),
+        _ => Err(format!("{s:?}: at most {MAX_LOG_KEEP}")),
+    }
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -166,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
         .keep_instances_on_exit(flags.keep_instances_on_exit)
         .max_connections(flags.max_connections)
         .log_max_bytes(flags.log_max_bytes)
+        .log_keep(flags.log_keep)
         .build()
         .run(shutdown)
         .await
