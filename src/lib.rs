@@ -385,6 +385,7 @@ impl Launcher {
             events_tx,
         )
         .map_err(controller::SetupError::from)?;
+        let log_files = rt.log_files();
         let (controller, handle) = Controller::new(
             ControllerConfig {
                 patterns_dir: self.patterns_dir.clone(),
@@ -419,7 +420,7 @@ impl Launcher {
             .await;
 
         let service = proto::pattern_launcher_server::PatternLauncherServer::new(
-            api::LauncherService::new(handle.clone()),
+            api::LauncherService::new(handle.clone()).with_logs(log_files),
         );
         tracing::info!("Serving gRPC on :{} ({addr})", self.grpc_port);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
