@@ -10,7 +10,7 @@
 //! the rest of it is read from the `<file>.1` it became.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -238,15 +238,19 @@ fn open_parts(path: &Path, keep: usize) -> Vec<Part> {
         .collect()
 }
 
-/// `path` opened for reading if it is a regular file (not through a
-/// symbolic link), with its length and modification time.
+/// `path` opened for reading if it is a regular file with no other name
+/// (not through a symbolic link, not a hard link a process made to some
+/// other file), with its length and modification time.
 fn open_regular(path: &Path) -> Option<(File, u64, SystemTime)> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
         .ok()?;
-    let meta = file.metadata().ok().filter(std::fs::Metadata::is_file)?;
+    let meta = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file() && m.nlink() == 1)?;
     let time = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     Some((file, meta.len(), time))
 }
@@ -350,6 +354,21 @@ mod tests {
                 false
             ))
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn links_planted_in_the_logs_directory_are_not_read() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.log");
+        let secret = t.path().join("secret");
+        std::fs::write(&secret, "secret\n").unwrap();
+        std::fs::hard_link(&secret, suffixed(&p, ".2")).unwrap();
+        std::os::unix::fs::symlink(&secret, suffixed(&p, ".1")).unwrap();
+        std::fs::write(&p, "mine\n").unwrap();
+        assert_eq!(
+            all(History::open(&p, 3, None, None, false)),
+            strings(&["mine"])
         );
     }
 
