@@ -388,16 +388,16 @@ fn a_client_that_does_not_read_is_told_what_it_missed_and_costs_a_bounded_amount
     let env = TestEnv::start();
     let launcher = env.launcher_pid().expect("launcher pid");
     let id = "ns:flood:test-pattern";
-    let done = env.path("flood-done");
-    let done_arg = done.display().to_string();
-    env.launch_running(
-        PATTERN,
-        "flood",
-        &[
-            ("TEST_FLOOD", "newline"),
-            ("TEST_FLOOD_MS", "4000"),
-            ("TEST_FLOOD_DONE_FILE", &done_arg),
-        ],
+    let old = jint(
+        &env.launch_running(PATTERN, "flood", &[("TEST_PRINT_LINES", "50000")]),
+        "pid",
+    );
+    // Once the echo has read them all (it reads 1 MiB a second).
+    let echoed = format!("[{id}] test-pattern printed 50000 lines");
+    assert!(
+        wait_until(WAIT, || env.read_log().contains(&echoed)),
+        "the first process's lines were not all read:\n{}",
+        env.log_tail(20)
     );
     let rss = || status_kb(launcher.into(), "VmRSS").expect("launcher RSS") << 10;
     let mut stream = env
@@ -405,14 +405,17 @@ fn a_client_that_does_not_read_is_told_what_it_missed_and_costs_a_bounded_amount
         .expect("GetLogs");
     stream.next_line(WAIT);
     let baseline = rss();
-    // Not reading while the instance floods.
+    // The next process writes its 50000 lines (5 MB) to a client that does
+    // not read, until the echo has read them all.
+    signal(old, Signal::SIGKILL);
     let mut max_rss = baseline;
     assert!(
         wait_until(WAIT, || {
             max_rss = max_rss.max(rss());
-            done.exists()
+            env.read_log().matches(&echoed).count() >= 2
         }),
-        "the flood did not end"
+        "the new process's lines were not all read:\n{}",
+        env.log_tail(20)
     );
     let (marker, before) = stream.until(WAIT, "saying lines were not sent", |v| {
         line(v).starts_with("[prism-launcher: ") && line(v).contains("lines not sent")
