@@ -66,6 +66,7 @@ struct Config {
     flood_for: Option<Duration>,
     flood_done_file: Option<PathBuf>,
     print_lines: Option<usize>,
+    print_done_file: Option<PathBuf>,
     tick: Option<Duration>,
 }
 
@@ -110,6 +111,7 @@ impl Config {
             flood_for: millis("TEST_FLOOD_MS"),
             flood_done_file: path("TEST_FLOOD_DONE_FILE"),
             print_lines: number("TEST_PRINT_LINES", "a number of lines"),
+            print_done_file: path("TEST_PRINT_DONE_FILE"),
             tick: millis("TEST_TICK_MS"),
         }
     }
@@ -190,7 +192,13 @@ fn main() {
         });
     }
     if let Some(n) = cfg.print_lines {
-        spawn(move || print_lines(n));
+        let done_file = cfg.print_done_file.clone();
+        spawn(move || {
+            print_lines(n);
+            if let Some(file) = &done_file {
+                write_atomically(file, &n.to_string(), "TEST_PRINT_DONE_FILE");
+            }
+        });
     }
     if let Some(every) = cfg.tick {
         spawn(move || tick(every));
@@ -199,7 +207,8 @@ fn main() {
 }
 
 /// `TEST_PRINT_LINES=<n>`: prints `n` numbered lines of 98 bytes (`line 00000000 yyy...`), at
-/// most 100 a millisecond, then `printed <n> lines`.
+/// most 100 a millisecond, then `printed <n> lines` (and writes `n` to `TEST_PRINT_DONE_FILE`:
+/// the last line may go with a rotation of the log).
 fn print_lines(n: usize) {
     let pad = "y".repeat(70);
     for i in 0..n {

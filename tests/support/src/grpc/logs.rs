@@ -3,9 +3,9 @@
 //! ([`LogStream`]), in grpcurl's JSON (one object per `LogLine`).
 //!
 //! A [`LogStream`] has a connection and a runtime of its own; it holds at
-//! most one line the test has not taken, so a test that stops reading
-//! stops the client reading too (HTTP/2 flow control then stops the
-//! launcher sending), as a slow client would.
+//! most one line the test has not taken and HTTP/2's default windows, so
+//! a test that stops reading soon stops the launcher sending, as a slow
+//! client would.
 
 use std::time::Duration;
 
@@ -14,6 +14,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{CALL_TIMEOUT, GrpcError, deadline_exceeded, endpoint, json, unavailable};
+
+/// The HTTP/2 flow-control windows of a [`LogStream`]'s connection.
+const WINDOW: u32 = 65_535;
 
 /// What a [`LogStream`] gives next.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +50,11 @@ impl LogStream {
             .expect("a tokio runtime for GetLogs");
         let mut stream = rt.block_on(async {
             let call = async {
+                // HTTP/2's default windows (64 KiB), not hyper's 2 MiB, so
+                // that the launcher, not the client, holds what waits.
                 let channel = endpoint(port)
+                    .initial_stream_window_size(WINDOW)
+                    .initial_connection_window_size(WINDOW)
                     .connect()
                     .await
                     .map_err(|e| unavailable(format!("cannot connect to 127.0.0.1:{port}: {e}")))?;
