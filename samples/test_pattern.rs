@@ -1,7 +1,7 @@
 //! `test-pattern`: the configurable pattern the launcher's tests drive. Its behaviour is chosen
 //! by `TEST_*` environment variables (exit codes, health delays and failures, SIGTERM handling,
 //! child processes in the same group / a new session / double-forked, memory and CPU use,
-//! stdout written flat out);
+//! stdout written flat out, numbered lines, a line every few milliseconds);
 //! without any it behaves like `config-lookup`. `test-pattern --child` is the long-lived child
 //! it spawns: it only sleeps.
 //!
@@ -65,6 +65,9 @@ struct Config {
     flood: Option<Flood>,
     flood_for: Option<Duration>,
     flood_done_file: Option<PathBuf>,
+    print_lines: Option<usize>,
+    print_done_file: Option<PathBuf>,
+    tick: Option<Duration>,
 }
 
 /// What `TEST_FLOOD` writes to stdout, as fast as it can.
@@ -107,6 +110,9 @@ impl Config {
             }),
             flood_for: millis("TEST_FLOOD_MS"),
             flood_done_file: path("TEST_FLOOD_DONE_FILE"),
+            print_lines: number("TEST_PRINT_LINES", "a number of lines"),
+            print_done_file: path("TEST_PRINT_DONE_FILE"),
+            tick: millis("TEST_TICK_MS"),
         }
     }
 }
@@ -185,7 +191,45 @@ fn main() {
             }
         });
     }
+    if let Some(n) = cfg.print_lines {
+        let done_file = cfg.print_done_file.clone();
+        spawn(move || {
+            print_lines(n);
+            if let Some(file) = &done_file {
+                write_atomically(file, &n.to_string(), "TEST_PRINT_DONE_FILE");
+            }
+        });
+    }
+    if let Some(every) = cfg.tick {
+        spawn(move || tick(every));
+    }
     common::sleep_forever();
+}
+
+/// `TEST_PRINT_LINES=<n>`: prints `n` numbered lines of 98 bytes (`line 00000000 yyy...`), at
+/// most 100 a millisecond, then `printed <n> lines` (and writes `n` to `TEST_PRINT_DONE_FILE`:
+/// the last line may go with a rotation of the log).
+fn print_lines(n: usize) {
+    let pad = "y".repeat(70);
+    for i in 0..n {
+        log(&format!("{NAME} line {i:08} {pad}"));
+        if i % 100 == 99 {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    log(&format!("{NAME} printed {n} lines"));
+}
+
+/// `TEST_TICK_MS=<ms>`: prints `tick <n> at <nanoseconds since the epoch>` every `ms`, the time
+/// taken just before the write.
+fn tick(every: Duration) {
+    for n in 0u64.. {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        log(&format!("{NAME} tick {n} at {ns}"));
+        thread::sleep(every);
+    }
 }
 
 /// `TEST_FORK_BOMB=<n>`: starts `n` sleeping children in the pattern's

@@ -224,6 +224,7 @@ pub struct Launcher {
     max_connections: usize,
     log_max_bytes: u64,
     metrics_port: Option<u16>,
+    log_keep: usize,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -309,6 +310,11 @@ impl LauncherBuilder {
         self.0.metrics_port = port;
         self
     }
+    /// `--log-keep`: rotated generations of an instance's log kept.
+    pub fn log_keep(mut self, n: usize) -> Self {
+        self.0.log_keep = n.clamp(1, runtime::logs::MAX_LOG_KEEP);
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -332,6 +338,7 @@ impl Launcher {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_max_bytes: runtime::logs::DEFAULT_MAX_LOG_BYTES,
             metrics_port: None,
+            log_keep: runtime::logs::DEFAULT_LOG_KEEP,
         })
     }
 
@@ -406,9 +413,11 @@ impl Launcher {
             cgroups,
             launcher_id,
             self.log_max_bytes,
+            self.log_keep,
             events_tx,
         )
         .map_err(controller::SetupError::from)?;
+        let log_files = rt.log_files();
         let (controller, handle) = Controller::new(
             ControllerConfig {
                 patterns_dir: self.patterns_dir.clone(),
@@ -448,7 +457,7 @@ impl Launcher {
             .await;
 
         let service = proto::pattern_launcher_server::PatternLauncherServer::new(
-            api::LauncherService::new(handle.clone()),
+            api::LauncherService::new(handle.clone()).with_logs(log_files),
         );
         tracing::info!("Serving gRPC on :{} ({addr})", self.grpc_port);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

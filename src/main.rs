@@ -82,6 +82,11 @@ struct Flags {
     /// line, or text.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Rotated generations of an instance's log kept (`<file>.1` newest
+    /// ... `<file>.N`), 1 to 100.
+    #[arg(long, default_value_t = prism_launcher::runtime::logs::DEFAULT_LOG_KEEP,
+          value_parser = parse_log_keep)]
+    log_keep: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -105,6 +110,14 @@ fn parse_log_max(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?}: at least {MIN_LOG_BYTES} bytes (64Ki)"));
     }
     Ok(bytes)
+}
+
+fn parse_log_keep(s: &str) -> Result<usize, String> {
+    use prism_launcher::runtime::logs::MAX_LOG_KEEP;
+    match positive(s)? {
+        n if n <= MAX_LOG_KEEP => Ok(n),
+        _ => Err(format!("{s:?}: at most {MAX_LOG_KEEP}")),
+    }
 }
 
 fn parse_range(s: &str) -> Result<RangeInclusive<u16>, String> {
@@ -194,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
         .max_connections(flags.max_connections)
         .log_max_bytes(flags.log_max_bytes)
         .metrics_port(flags.metrics_port)
+        .log_keep(flags.log_keep)
         .build()
         .run(shutdown)
         .await

@@ -31,12 +31,20 @@ const WAIT_MARGIN: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct LauncherService {
     handle: ControllerHandle,
+    logs: Option<logs::Logs>,
 }
 
 impl LauncherService {
     /// A service talking to this controller.
     pub fn new(handle: ControllerHandle) -> Self {
-        LauncherService { handle }
+        LauncherService { handle, logs: None }
+    }
+
+    /// Serves GetLogs from these files.
+    #[must_use]
+    pub fn with_logs(mut self, files: crate::runtime::logs::LogFiles) -> Self {
+        self.logs = Some(logs::Logs::new(files));
+        self
     }
 
     async fn ask<T>(

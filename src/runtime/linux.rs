@@ -77,6 +77,7 @@ impl LinuxRuntime {
         cgroups: Cgroups,
         launcher_id: String,
         log_max_bytes: u64,
+        log_keep: usize,
         events: mpsc::UnboundedSender<ProcEvent>,
     ) -> Result<LinuxRuntime, LinuxSetupError> {
         let logs_dir = state_dir.join("logs");
@@ -95,13 +96,18 @@ impl LinuxRuntime {
         Ok(LinuxRuntime {
             cgroups,
             launcher_id,
-            echo: LogEcho::start(&logs_dir, log_max_bytes),
+            echo: LogEcho::start(&logs_dir, log_max_bytes, log_keep),
             logs_dir,
             client,
             events,
             table: ProcessTable::new(state_dir),
             api_store: ApiStore::new(state_dir),
         })
+    }
+
+    /// The instances' logs, for GetLogs.
+    pub fn log_files(&self) -> logs::LogFiles {
+        self.echo.files()
     }
 
     fn log(&self, process_id: &str) -> PathBuf {

@@ -1,6 +1,8 @@
 //! Per-instance log files: rotating them at their cap while the pattern
-//! writes, echoing new lines into the launcher's log with the process_id in
-//! front, and reading the last lines for error messages.
+//! writes (keeping the last generations), echoing new lines into the
+//! launcher's log with the process_id in front and to the followers of
+//! GetLogs, and reading the last lines back ([`history`], and [`tail`] for
+//! error messages).
 //!
 //! Processes write their files directly (no pipe through the launcher), so
 //! they keep running and logging if the launcher dies. Two threads follow
@@ -11,10 +13,12 @@
 //! memory stay bounded.
 
 mod echo;
+pub mod follow;
+pub mod history;
 mod lines;
 mod rotation;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -25,6 +29,8 @@ use std::time::Duration;
 use notify::Watcher;
 
 pub use echo::{ECHO_RATE, MAX_LINE};
+pub use follow::{Follower, LogEvent};
+pub use history::{History, HistoryLine};
 use rotation::Generations;
 
 /// Default of `--log-max-bytes`: the size at which a log file is rotated.
@@ -32,6 +38,12 @@ pub const DEFAULT_MAX_LOG_BYTES: u64 = 16 << 20;
 
 /// The smallest `--log-max-bytes`.
 pub const MIN_LOG_BYTES: u64 = 64 << 10;
+
+/// Default of `--log-keep`: rotated generations kept besides the live file.
+pub const DEFAULT_LOG_KEEP: usize = 3;
+
+/// The largest `--log-keep`.
+pub const MAX_LOG_KEEP: usize = 100;
 
 /// How often every followed file is checked whatever inotify said.
 const BACKSTOP: Duration = Duration::from_secs(5);
@@ -49,6 +61,15 @@ enum Msg {
     Untrack(PathBuf),
     /// Files were written: see [`Changed`].
     Wake,
+    /// Hand the lines of a file to a follower from now on (the echo
+    /// only); answered once in force.
+    Subscribe(
+        PathBuf,
+        follow::Subscription,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+    /// Stop handing them (the echo only): the subscription with this id.
+    Detach(PathBuf, u64),
 }
 
 /// Files written since a thread last looked. A wake-up is sent only when
@@ -139,14 +160,19 @@ impl Inbox {
 pub struct LogEcho {
     rotate: mpsc::Sender<Msg>,
     echo: mpsc::Sender<Msg>,
+    /// The rotations of each followed file, for the readers of history.
+    generations: Arc<Mutex<HashMap<PathBuf, Arc<Generations>>>>,
+    dir: PathBuf,
+    keep: usize,
     _watcher: Option<Arc<notify::RecommendedWatcher>>,
 }
 
 impl LogEcho {
-    /// Starts following files in `dir`, rotating them at `max_bytes`.
-    pub fn start(dir: &Path, max_bytes: u64) -> LogEcho {
+    /// Starts following files in `dir`, rotating them at `max_bytes` and
+    /// keeping `keep` generations.
+    pub fn start(dir: &Path, max_bytes: u64, keep: usize) -> LogEcho {
         let rotate = Inbox::start("log-rotate", move |rx, changed| {
-            rotation::follow(&rx, &changed, max_bytes);
+            rotation::follow(&rx, &changed, max_bytes, keep);
         });
         let echo = Inbox::start("log-echo", |rx, changed| echo::follow(&rx, &changed));
         let (rotate_tx, echo_tx) = (rotate.tx.clone(), echo.tx.clone());
@@ -189,15 +215,31 @@ impl LogEcho {
         LogEcho {
             rotate: rotate_tx,
             echo: echo_tx,
+            generations: Arc::default(),
+            dir: dir.to_path_buf(),
+            keep: keep.max(1),
             _watcher: watcher,
         }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Generations>>> {
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What GetLogs reads and follows.
+    pub fn files(&self) -> LogFiles {
+        LogFiles(self.clone())
     }
 
     /// Rotates `path` and echoes what is appended to it from byte `from`
     /// on: the file's length before the process started, so that nothing
     /// it writes before this message is handled is missed.
     pub fn track(&self, path: PathBuf, process_id: Arc<str>, from: u64) {
-        let generations = Arc::new(Generations::default());
+        // Followed already (a new process of the instance): the threads
+        // keep theirs.
+        let generations = self.registry().entry(path.clone()).or_default().clone();
         let _ = self.rotate.send(Msg::Track(
             path.clone(),
             process_id.clone(),
@@ -211,8 +253,45 @@ impl LogEcho {
 
     /// Stops following `path` (after echoing what is left).
     pub fn untrack(&self, path: PathBuf) {
+        self.registry().remove(&path);
         let _ = self.rotate.send(Msg::Untrack(path.clone()));
         let _ = self.echo.send(Msg::Untrack(path));
+    }
+}
+
+/// The instances' logs as GetLogs reads them: history, and followers fed
+/// by the echo thread.
+#[derive(Clone)]
+pub struct LogFiles(LogEcho);
+
+impl LogFiles {
+    /// The last `tail` lines (None: all that is kept) of `process_id`'s
+    /// log, across its kept generations; with `follow`, an unfinished last
+    /// line is left to the follower. Blocks on the file system.
+    pub fn history(&self, process_id: &str, tail: Option<usize>, follow: bool) -> History {
+        let path = log_path(&self.0.dir, process_id);
+        let generations = self.0.registry().get(&path).cloned();
+        History::open(&path, self.0.keep, generations, tail, follow)
+    }
+
+    /// Hands `follower` the lines of `process_id`'s log read from now on,
+    /// through a subscription that lasts until [`LogFiles::detach`]ed or
+    /// the follower is gone; its id, or None if the follower is sealed or
+    /// the echo is gone.
+    pub async fn subscribe(&self, process_id: &str, follower: &Follower) -> Option<u64> {
+        let sub = follower.subscription(Arc::from(process_id))?;
+        let id = sub.id;
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let path = log_path(&self.0.dir, process_id);
+        self.0.echo.send(Msg::Subscribe(path, sub, ack)).ok()?;
+        done.await.ok().map(|()| id)
+    }
+
+    /// Ends subscription `id` of `process_id`'s log, after the lines the
+    /// echo read before.
+    pub fn detach(&self, process_id: &str, id: u64) {
+        let path = log_path(&self.0.dir, process_id);
+        let _ = self.0.echo.send(Msg::Detach(path, id));
     }
 }
 

@@ -6,15 +6,21 @@
 //! behind than that is skipped ahead, and output lost to a rotation before
 //! it was read is counted; what was not echoed is reported, at most once a
 //! second per file.
+//!
+//! It also hands the lines it reads to the followers of each file
+//! ([`super::follow`]); a follower's subscription outlives the file's
+//! following (the instance removed, or not started yet) until it is
+//! detached.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::lines::LineCutter;
+use super::follow::Subscription;
+use super::lines::{self, LineCutter};
 use super::rotation::Generations;
 use super::{BACKSTOP, Changed, Descriptor, Msg};
 
@@ -37,6 +43,8 @@ const ROTATING: Duration = Duration::from_millis(2);
 /// Runs the echo until every sender of `rx` is gone.
 pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed) {
     let mut files: HashMap<PathBuf, Followed> = HashMap::new();
+    // Subscriptions of files not followed (yet, or any more).
+    let mut waiting: HashMap<PathBuf, Vec<Subscription>> = HashMap::new();
     let mut buf = vec![0u8; CHUNK];
     let mut next_sweep = Instant::now() + BACKSTOP;
     loop {
@@ -52,13 +60,38 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed) {
                 // than that was truncated meanwhile: from its start.
                 let len = std::fs::metadata(&p).map_or(0, |m| m.len());
                 let offset = if from <= len { from } else { 0 };
+                let subs = waiting.remove(&p).unwrap_or_default();
                 files
                     .entry(p)
-                    .or_insert_with(|| Followed::new(id, offset, generations));
+                    .or_insert_with(|| Followed::new(id, offset, generations))
+                    .subs
+                    .extend(subs);
             }
             Ok(Msg::Untrack(p)) => {
                 if let Some(mut f) = files.remove(&p) {
                     f.finish(&p, &mut buf, now);
+                    f.subs.retain(|s| !s.closed());
+                    if !f.subs.is_empty() {
+                        waiting.entry(p).or_default().append(&mut f.subs);
+                    }
+                }
+            }
+            Ok(Msg::Subscribe(p, sub, ack)) => {
+                match files.get_mut(&p) {
+                    Some(f) => f.subs.push(sub),
+                    None => waiting.entry(p).or_default().push(sub),
+                }
+                let _ = ack.send(());
+            }
+            Ok(Msg::Detach(p, id)) => {
+                if let Some(f) = files.get_mut(&p) {
+                    f.subs.retain(|s| s.id != id);
+                }
+                if let Some(w) = waiting.get_mut(&p) {
+                    w.retain(|s| s.id != id);
+                    if w.is_empty() {
+                        waiting.remove(&p);
+                    }
                 }
             }
             Ok(Msg::Wake) => {
@@ -78,6 +111,10 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed) {
         let sweep = now >= next_sweep;
         if sweep {
             next_sweep = now + BACKSTOP;
+            waiting.retain(|_, subs| {
+                subs.retain(|s| !s.closed());
+                !subs.is_empty()
+            });
         }
         for (p, f) in &mut files {
             if sweep || f.due.is_some_and(|d| d <= now) {
@@ -107,6 +144,8 @@ struct Followed {
     due: Option<Instant>,
     /// Out of budget until `due`.
     throttled: bool,
+    /// Its followers.
+    subs: Vec<Subscription>,
 }
 
 impl Followed {
@@ -123,7 +162,13 @@ impl Followed {
             skipped: 0,
             due: None,
             throttled: false,
+            subs: Vec::new(),
         }
+    }
+
+    /// `n` bytes of output are not echoed.
+    fn skip(&mut self, n: u64) {
+        skip(&mut self.skipped, &mut self.subs, n);
     }
 
     /// Echoes the next part of what was appended, within the rate; `drain`
@@ -153,7 +198,8 @@ impl Followed {
             // Too far behind: go on with the latest output, from wherever
             // that starts (the first line may be the end of a longer one).
             let to = len - ECHO_RATE;
-            self.skipped += to - self.offset + self.lines.restart() as u64;
+            let n = to - self.offset + self.lines.restart() as u64;
+            skip(&mut self.skipped, &mut self.subs, n);
             self.offset = to;
         }
         let budget = if drain {
@@ -167,10 +213,25 @@ impl Followed {
             // Rotated while reading: the bytes may be of either generation.
             n = 0;
         }
+        let base = self.start + self.offset;
         self.offset += n as u64;
         self.read += n as u64;
-        let id = &self.process_id;
-        self.lines.feed(&buf[..n], |line, cut| emit(id, line, cut));
+        let (id, subs) = (&self.process_id, &mut self.subs);
+        let (epoch, time) = (self.generations.epoch(), SystemTime::now());
+        self.lines.feed_at(&buf[..n], |line, cut, at| {
+            emit(id, line, cut);
+            if !subs.is_empty() {
+                let text: Arc<str> = Arc::from(lines::text(line, cut, MAX_LINE));
+                for s in subs.iter_mut() {
+                    s.offer(epoch, base + at as u64, &text, time);
+                }
+            }
+        });
+        let pos = self.start + self.offset;
+        self.subs.retain_mut(|s| {
+            s.flush(epoch, pos, time);
+            !s.closed()
+        });
         let left = file
             .metadata()
             .map_or(0, |m| m.len())
@@ -197,7 +258,8 @@ impl Followed {
         }
         let missed = start.saturating_sub(self.start + self.offset);
         if missed > 0 {
-            self.skipped += missed + self.lines.restart() as u64;
+            let n = missed + self.lines.restart() as u64;
+            self.skip(n);
         }
         self.start = start;
         self.offset = 0;
@@ -224,6 +286,14 @@ impl Followed {
             );
             self.skipped = 0;
         }
+    }
+}
+
+/// `n` bytes of output are not echoed (nor handed to the followers).
+fn skip(skipped: &mut u64, subs: &mut [Subscription], n: u64) {
+    *skipped += n;
+    for s in subs {
+        s.skipped(n);
     }
 }
 

@@ -1,6 +1,18 @@
-//! Splitting an instance's output into lines for the echo with a bounded
-//! buffer: a line longer than the limit is cut there, and the rest of it,
-//! up to the next newline, is dropped.
+//! Splitting an instance's output into lines (for the echo, followers and
+//! history) with a bounded buffer: a line longer than the limit is cut
+//! there, and the rest of it, up to the next newline, is dropped.
+
+/// A line as GetLogs sends it: invalid UTF-8 replaced, without a trailing
+/// `\r`, and saying so when it was cut at `max` bytes.
+pub fn text(line: &[u8], cut: bool, max: usize) -> String {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end_matches('\r');
+    if cut {
+        format!("{line} [line cut at {max} bytes]")
+    } else {
+        line.to_string()
+    }
+}
 
 /// Lines of a byte stream fed in pieces; holds at most one partial line
 /// of at most `max` bytes.
@@ -25,8 +37,17 @@ impl LineCutter {
     /// Hands every line `data` completes to `emit`, without its newline, and
     /// with `true` when it was cut. Keeps the unfinished end for the next
     /// call.
-    pub fn feed(&mut self, mut data: &[u8], mut emit: impl FnMut(&[u8], bool)) {
+    pub fn feed(&mut self, data: &[u8], mut emit: impl FnMut(&[u8], bool)) {
+        self.feed_at(data, |line, cut, _| emit(line, cut));
+    }
+
+    /// [`LineCutter::feed`], also handing `emit` how many bytes of `data`
+    /// the line took up to its end: past its newline, or up to the cut.
+    pub fn feed_at(&mut self, data: &[u8], mut emit: impl FnMut(&[u8], bool, usize)) {
+        let total = data.len();
+        let mut data = data;
         while !data.is_empty() {
+            let at = total - data.len();
             let (piece, ends) = match data.iter().position(|b| *b == b'\n') {
                 Some(nl) => {
                     let piece = &data[..nl];
@@ -35,6 +56,7 @@ impl LineCutter {
                 }
                 None => (std::mem::take(&mut data), false),
             };
+            let end = total - data.len();
             if self.discarding {
                 self.discarding = !ends;
                 continue;
@@ -42,19 +64,19 @@ impl LineCutter {
             let room = self.max - self.partial.len();
             if piece.len() > room {
                 if self.partial.is_empty() {
-                    emit(&piece[..room], true);
+                    emit(&piece[..room], true, at + room);
                 } else {
                     self.partial.extend_from_slice(&piece[..room]);
-                    emit(&self.partial, true);
+                    emit(&self.partial, true, at + room);
                     self.partial.clear();
                 }
                 self.discarding = !ends;
             } else if ends {
                 if self.partial.is_empty() {
-                    emit(piece, false);
+                    emit(piece, false, end);
                 } else {
                     self.partial.extend_from_slice(piece);
-                    emit(&self.partial, false);
+                    emit(&self.partial, false, end);
                     self.partial.clear();
                 }
             } else {
@@ -65,6 +87,16 @@ impl LineCutter {
                 self.partial.extend_from_slice(piece);
             }
         }
+    }
+
+    /// The output ends without a last newline: hands the unfinished line,
+    /// if any, to `emit` (as [`LineCutter::feed`] would have), and forgets
+    /// it.
+    pub fn flush(&mut self, mut emit: impl FnMut(&[u8], bool)) {
+        if !self.partial.is_empty() {
+            emit(&self.partial, false);
+        }
+        self.restart();
     }
 
     /// The output starts over (a new file, or output skipped): forgets the
@@ -151,6 +183,39 @@ mod tests {
         assert_eq!(out, vec![whole("ok")]);
         c.shrink();
         assert_eq!(c.held(), 0);
+    }
+
+    #[test]
+    fn each_line_says_where_it_ends_in_the_piece() {
+        let mut c = LineCutter::new(4);
+        let mut ends = Vec::new();
+        for p in [&b"ab\ncd"[..], b"e\nabcdefg\nz\n"] {
+            c.feed_at(p, |l, cut, at| {
+                ends.push((String::from_utf8_lossy(l).into_owned(), cut, at))
+            });
+        }
+        assert_eq!(
+            ends,
+            vec![
+                ("ab".into(), false, 3),
+                ("cde".into(), false, 2),
+                ("abcd".into(), true, 6),
+                ("z".into(), false, 12),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_flush_hands_over_the_unfinished_line_once() {
+        let mut c = LineCutter::new(4);
+        assert_eq!(run(&mut c, &[b"a\nbc"]), vec![whole("a")]);
+        let mut out = Vec::new();
+        c.flush(|l, cut| out.push((String::from_utf8_lossy(l).into_owned(), cut)));
+        c.flush(|l, cut| out.push((String::from_utf8_lossy(l).into_owned(), cut)));
+        assert_eq!(out, vec![whole("bc")]);
+        // After a cut, the rest of the line is not a line of its own.
+        assert_eq!(run(&mut c, &[b"abcdef"]), vec![("abcd".into(), true)]);
+        c.flush(|_, _| panic!("nothing is unfinished"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The rotation thread: rotates a log file as soon as it reaches the cap,
 //! while its writer goes on writing.
 //!
-//! Copy-then-truncate: the previous generation is kept as `<file>.1` and
-//! the file is truncated in place, so the writer's `O_APPEND` descriptor
-//! goes on at the new end. The copy is made in slices while the file fills
+//! Copy-then-truncate: the previous generation is kept as `<file>.1` (the
+//! ones before it shifted to `<file>.2` ... `<file>.N`, the oldest dropped)
+//! and the file is truncated in place, so the writer's `O_APPEND`
+//! descriptor goes on at the new end. The copy is made in slices while the file fills
 //! (from a quarter of the cap, into `<file>.1.part`), so that truncating
 //! once the cap is reached waits for little or nothing to be copied; a
 //! writer that outruns the copy gets its generation kept only as far as
@@ -36,13 +37,27 @@ const HOT: Duration = Duration::from_millis(100);
 /// How often the same file's failing rotation is reported.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// The truncations of one file, shared with the echo: how many bytes the
-/// generations before the current one held, and a sequence number that
-/// is odd while a truncation is under way (a seqlock).
-#[derive(Debug, Default)]
+/// The truncations of one file, shared with the echo and the readers of
+/// its history: how many bytes the generations before the current one
+/// held, and a sequence number that is odd while a rotation (the
+/// truncation and the renames of the kept generations) is under way (a
+/// seqlock).
+#[derive(Debug)]
 pub struct Generations {
     seq: AtomicU64,
     start: AtomicU64,
+    epoch: u64,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Generations {
+            seq: AtomicU64::new(0),
+            start: AtomicU64::new(0),
+            epoch: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
 }
 
 /// What [`Generations::stable`] saw.
@@ -54,6 +69,13 @@ pub struct Seen {
 }
 
 impl Generations {
+    /// Which following of the file these are (a new one each time it is
+    /// followed again after it was no longer): offsets counted from
+    /// [`Generations::start`] are comparable only within one.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Bytes of the generations before the current one.
     pub fn start(&self) -> u64 {
         self.start.load(Ordering::SeqCst)
@@ -84,7 +106,7 @@ impl Generations {
 }
 
 /// Runs the rotation until every sender of `rx` is gone.
-pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed, cap: u64) {
+pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed, cap: u64, keep: usize) {
     let reaper = start_reaper();
     let mut files: HashMap<PathBuf, Followed> = HashMap::new();
     let mut next_sweep = Instant::now() + BACKSTOP;
@@ -100,7 +122,7 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed, cap: u64) {
                 let f = files.entry(p.clone()).or_insert_with(|| Followed {
                     process_id,
                     generations,
-                    rotator: Rotator::new(cap),
+                    rotator: Rotator::new(cap, keep),
                     live: Descriptor::default(),
                     len: 0,
                     fast: None,
@@ -121,7 +143,7 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed, cap: u64) {
                     }
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(Msg::Subscribe(..) | Msg::Detach(..)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         // The backstop for lost events (a stat per file), and the files
@@ -138,7 +160,7 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed, cap: u64) {
     }
 }
 
-/// A thread that closes the files of generations replaced in `<file>.1`:
+/// A thread that closes the files of generations dropped from `<file>.N`:
 /// the last close of an unlinked file frees its pages and blocks, which
 /// can take long enough for a fast writer to run far past the cap.
 fn start_reaper() -> Option<mpsc::SyncSender<File>> {
@@ -246,8 +268,8 @@ pub struct Rotated {
     /// Why `<file>.1` holds nothing of this generation (the file was
     /// truncated anyway, to hold the cap).
     pub copy_failed: Option<RotateError>,
-    /// The generation `<file>.1` held before, unlinked but still open:
-    /// freeing it happens when this is dropped.
+    /// The oldest generation, dropped from `<file>.N`, unlinked but still
+    /// open: freeing it happens when this is dropped.
     pub replaced: Option<File>,
 }
 
@@ -260,16 +282,22 @@ struct Copy {
     to: u64,
 }
 
-/// Rotates one log file at `cap` bytes.
+/// Rotates one log file at `cap` bytes, keeping `keep` generations.
 pub struct Rotator {
     cap: u64,
+    keep: usize,
     copy: Option<Copy>,
 }
 
 impl Rotator {
-    /// A rotator for a file that is rotated at `cap` bytes.
-    pub fn new(cap: u64) -> Rotator {
-        Rotator { cap, copy: None }
+    /// A rotator for a file that is rotated at `cap` bytes, keeping the
+    /// last `keep` generations (at least one).
+    pub fn new(cap: u64, keep: usize) -> Rotator {
+        Rotator {
+            cap,
+            keep: keep.max(1),
+            copy: None,
+        }
     }
 
     /// To be called after each write to `path` (`live` open on it for
@@ -316,11 +344,19 @@ impl Rotator {
                 Err(e) => break Err(e),
             }
         };
+        // Readers see the generations whole: the truncation and the renames
+        // happen inside one odd sequence number.
         generations.begin();
-        let truncated = truncate(path, live);
-        generations.end(*truncated.as_ref().unwrap_or(&0));
-        let end = truncated?;
-        let (kept, replaced, copy_failed) = match copied.and_then(|()| self.finish(path)) {
+        let end = match truncate(path, live) {
+            Ok(end) => end,
+            Err(e) => {
+                generations.end(0);
+                return Err(e);
+            }
+        };
+        let finished = copied.and_then(|()| self.finish(path));
+        generations.end(end);
+        let (kept, replaced, copy_failed) = match finished {
             Ok((kept, replaced)) => (kept, replaced, None),
             Err(e) => {
                 self.abandon(path);
@@ -379,26 +415,39 @@ impl Rotator {
         Ok(n)
     }
 
-    /// Puts the copied generation in place as `<file>.1`; returns its size
-    /// and the generation it replaced, unlinked but still open.
+    /// Puts the copied generation in place as `<file>.1`, the kept ones
+    /// shifted one up; returns its size and the oldest generation, dropped
+    /// from `<file>.N`, unlinked but still open.
     fn finish(&mut self, path: &Path) -> Result<(u64, Option<File>), RotateError> {
         let Some(copy) = self.copy.take() else {
             return Ok((0, None));
         };
         let part = suffixed(path, ".1.part");
-        let old = suffixed(path, ".1");
+        let generation = |n: usize| suffixed(path, &format!(".{n}"));
         // ext4 writes out a file renamed over another one before the
         // rename returns: make way first (cheap while it is open; freeing
-        // it happens when it is closed).
+        // it happens when it is closed). Every other rename goes to a
+        // name nothing holds.
+        let oldest = generation(self.keep);
         let replaced = OpenOptions::new()
             .read(true)
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&old)
+            .open(&oldest)
             .ok();
-        let _ = std::fs::remove_file(&old);
-        std::fs::rename(&part, &old).map_err(|source| RotateError::Copy {
+        let _ = std::fs::remove_file(&oldest);
+        // Generations past the limit, left by a larger --log-keep.
+        let mut n = self.keep + 1;
+        while std::fs::remove_file(generation(n)).is_ok() {
+            n += 1;
+        }
+        for n in (1..self.keep).rev() {
+            // A missing generation (fewer rotations so far) is no error.
+            let _ = std::fs::rename(generation(n), generation(n + 1));
+        }
+        let newest = generation(1);
+        std::fs::rename(&part, &newest).map_err(|source| RotateError::Copy {
             path: path.to_path_buf(),
-            copy: old.clone(),
+            copy: newest.clone(),
             source,
         })?;
         Ok((copy.to - copy.from, replaced))
@@ -476,7 +525,7 @@ mod tests {
     fn a_file_that_fills_up_in_steps_is_kept_whole_in_dot_1() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("x.log");
-        let mut r = Rotator::new(1000);
+        let mut r = Rotator::new(1000, 1);
         std::fs::write(suffixed(&p, ".1"), "previous generation").unwrap();
         let mut all = Vec::new();
         for (i, n) in [300, 300, 300, 150].into_iter().enumerate() {
@@ -512,7 +561,7 @@ mod tests {
         let p = t.path().join("x.log");
         let data = bytes(10_000, 7);
         std::fs::write(&p, &data).unwrap();
-        let mut r = Rotator::new(1000);
+        let mut r = Rotator::new(1000, 1);
         let rotated = step(&mut r, &p).unwrap();
         assert_eq!((rotated.end, rotated.kept), (10_000, 1000));
         assert_eq!(std::fs::read(suffixed(&p, ".1")).unwrap(), &data[9000..]);
@@ -523,7 +572,7 @@ mod tests {
     fn a_generation_never_holds_more_than_a_quarter_past_the_cap() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("x.log");
-        let mut r = Rotator::new(1000);
+        let mut r = Rotator::new(1000, 1);
         append(&p, &bytes(600, 1));
         assert!(step(&mut r, &p).is_none());
         append(&p, &bytes(5000, 2));
@@ -541,7 +590,7 @@ mod tests {
         std::fs::write(&old, "old").unwrap();
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
         append(&p, &bytes(2000, 3));
-        step(&mut Rotator::new(1000), &p).unwrap();
+        step(&mut Rotator::new(1000, 1), &p).unwrap();
         let mode = std::fs::metadata(&old).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
@@ -550,7 +599,7 @@ mod tests {
     fn a_file_truncated_by_someone_else_starts_a_new_copy() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("x.log");
-        let mut r = Rotator::new(1000);
+        let mut r = Rotator::new(1000, 1);
         append(&p, &bytes(700, 1));
         assert!(step(&mut r, &p).is_none());
         std::fs::write(&p, b"").unwrap();
@@ -568,7 +617,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("x.log");
         let generations = Generations::default();
-        let mut r = Rotator::new(8 << 20);
+        let mut r = Rotator::new(8 << 20, 1);
         let step = |r: &mut Rotator| r.on_change(&p, &open(&p), &generations).unwrap();
         append(&p, &bytes(3 << 20, 1));
         assert!(step(&mut r).is_none());
@@ -586,6 +635,31 @@ mod tests {
     }
 
     #[test]
+    fn the_last_n_generations_are_kept_in_order_and_no_more() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.log");
+        // Left by a larger --log-keep.
+        std::fs::write(suffixed(&p, ".4"), "too old").unwrap();
+        std::fs::write(suffixed(&p, ".5"), "too old").unwrap();
+        let mut r = Rotator::new(1000, 3);
+        for g in 0..5u8 {
+            append(&p, &vec![b'a' + g; 1100]);
+            let rotated = step(&mut r, &p).unwrap();
+            assert_eq!((rotated.end, rotated.kept), (1100, 1000));
+            // Once three are kept, each rotation drops the oldest.
+            assert_eq!(rotated.replaced.is_some(), g >= 3, "rotation {g}");
+            for n in 1..=3usize {
+                let kept = std::fs::read(suffixed(&p, &format!(".{n}")));
+                match g.checked_sub(n as u8 - 1) {
+                    Some(k) => assert_eq!(kept.unwrap(), vec![b'a' + k; 1000], "{g}: .{n}"),
+                    None => assert!(kept.is_err(), "{g}: .{n} exists"),
+                }
+            }
+            assert!(!suffixed(&p, ".4").exists() && !suffixed(&p, ".5").exists());
+        }
+    }
+
+    #[test]
     fn a_planted_link_is_not_written_through_and_the_cap_still_holds() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("x.log");
@@ -593,7 +667,7 @@ mod tests {
         std::fs::write(&victim, "precious").unwrap();
         std::os::unix::fs::symlink(&victim, suffixed(&p, ".1.part")).unwrap();
         append(&p, &bytes(2000, 4));
-        let mut r = Rotator::new(1000);
+        let mut r = Rotator::new(1000, 1);
         let rotated = step(&mut r, &p).unwrap();
         assert!(rotated.copy_failed.is_some());
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);

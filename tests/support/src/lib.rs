@@ -16,8 +16,9 @@
 //! - [`cgroup`]: cgroup directories and the orphan-sweep witness;
 //! - [`ports`]: port blocks held through lock files;
 //! - [`files`], [`http`]: file and HTTP helpers;
-//! - [`grpc`]: the tonic client, grpcurl's JSON, the real grpcurl;
 //! - [`ctl`]: `prism-launcher ctl` run as a user runs it;
+//! - [`grpc`]: the tonic client, grpcurl's JSON, GetLogs streams, the real
+//!   grpcurl;
 //! - [`manifest`]: pattern manifests and desired-state documents;
 //! - [`launcher`]: the launcher process;
 //! - [`env`]: a test's world and its calls;
@@ -48,6 +49,7 @@ pub use files::{
 pub use grpc::api::{Api, info_running};
 pub use grpc::grpcurl::{grpcurl, grpcurl_call, grpcurl_lists_service};
 pub use grpc::json::{jbool, jint, jstr, mentions_number};
+pub use grpc::logs::{LogItem, LogStream, get_logs};
 pub use grpc::{GrpcClient, GrpcError, SERVICE, grpc_call, grpc_call_within};
 pub use http::{http_get, http_get_with, http_ok};
 pub use launcher::Launcher;

@@ -12,6 +12,7 @@ use super::TestEnv;
 use crate::grpc::GrpcError;
 use crate::grpc::api::Api;
 use crate::grpc::json::{jbool, jint, jstr};
+use crate::grpc::logs::{LogStream, get_logs};
 use crate::procs::{environ_var, pid_alive, signal};
 use crate::wait::{WAIT, wait_for, wait_until};
 
@@ -42,6 +43,18 @@ pub fn source_ids(source: &Value) -> Vec<String> {
 }
 
 impl TestEnv {
+    /// Every line of a GetLogs call without `follow` (grpcurl-JSON
+    /// request and lines), on a connection of its own.
+    pub fn logs(&self, request: Value) -> Result<Vec<Value>, GrpcError> {
+        get_logs(self.launcher_ref().grpc_port(), &request)
+    }
+
+    /// A GetLogs call read as it goes (with `follow`, typically), on a
+    /// connection of its own.
+    pub fn follow_logs(&self, request: Value) -> Result<LogStream, GrpcError> {
+        LogStream::open(self.launcher_ref().grpc_port(), &request)
+    }
+
     /// LaunchPattern with namespace isolation.
     pub fn launch_ns(
         &self,

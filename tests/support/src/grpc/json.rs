@@ -1,5 +1,5 @@
 //! grpcurl's JSON for the launcher's messages, both ways, written out by
-//! hand for the six RPCs the tests call (so the tests keep grpcurl's view
+//! hand for the RPCs the tests call (so the tests keep grpcurl's view
 //! of a reply while calls go through tonic).
 //!
 //! Requests are read as grpcurl reads them (protobuf's JSON mapping): a
@@ -15,10 +15,10 @@
 use std::collections::HashMap;
 
 use prism_launcher::proto::{
-    GetProcessStatusRequest, GetProcessStatusResponse, HealthRequest, HealthResponse,
-    IsolationLevel, LaunchRequest, LaunchResponse, ListPatternsRequest, ListPatternsResponse,
-    ListSourcesResponse, PatternInfo, ProcessState, SourceInfo, TerminateRequest,
-    TerminateResponse,
+    GetLogsRequest, GetProcessStatusRequest, GetProcessStatusResponse, HealthRequest,
+    HealthResponse, IsolationLevel, LaunchRequest, LaunchResponse, ListPatternsRequest,
+    ListPatternsResponse, ListSourcesResponse, LogLine, PatternInfo, ProcessState, SourceInfo,
+    TerminateRequest, TerminateResponse,
 };
 use serde_json::{Map, Value};
 
@@ -187,6 +187,30 @@ pub fn list_sources_request(v: &Value) -> Result<(), String> {
     fields("ListSourcesRequest", v, &[]).map(drop)
 }
 
+pub fn get_logs_request(v: &Value) -> Result<GetLogsRequest, String> {
+    let mut r = GetLogsRequest::default();
+    let names = [
+        "process_id",
+        "pattern_name",
+        "namespace",
+        "tail_lines",
+        "follow",
+    ];
+    for (name, v) in fields("GetLogsRequest", v, &names)? {
+        match name {
+            "process_id" => r.process_id = string(name, v)?,
+            "pattern_name" => r.pattern_name = string(name, v)?,
+            "namespace" => r.namespace = string(name, v)?,
+            "tail_lines" => {
+                r.tail_lines = i32::try_from(int64(name, v)?)
+                    .map_err(|_| format!("{name}: an int32 expected, got {v}"))?;
+            }
+            _ => r.follow = boolean(name, v)?,
+        }
+    }
+    Ok(r)
+}
+
 // ---------------------------------------------------------------------------
 // Replies
 // ---------------------------------------------------------------------------
@@ -323,6 +347,47 @@ pub fn list_sources_response(r: &ListSourcesResponse) -> Value {
         "sources",
         Value::Array(r.sources.iter().map(source_info).collect()),
     )])
+}
+
+pub fn log_line(l: &LogLine) -> Value {
+    object(vec![
+        ("process_id", Value::from(l.process_id.clone())),
+        ("line", Value::from(l.line.clone())),
+        (
+            "time",
+            l.time
+                .as_ref()
+                .map_or(Value::Null, |t| Value::from(rfc3339(t.seconds, t.nanos))),
+        ),
+    ])
+}
+
+/// A `google.protobuf.Timestamp` as protobuf's JSON mapping writes it:
+/// RFC 3339 in UTC, with 0, 3, 6 or 9 digits of fraction.
+pub fn rfc3339(seconds: i64, nanos: i32) -> String {
+    let (days, secs) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let fraction = match nanos {
+        0 => String::new(),
+        n if n % 1_000_000 == 0 => format!(".{:03}", n / 1_000_000),
+        n if n % 1_000 == 0 => format!(".{:06}", n / 1_000),
+        n => format!(".{n:09}"),
+    };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 // ---------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 //! errors named as grpcurl names them ([`GrpcError`]), so a test reads the
 //! same either way. [`GrpcClient`] is the one connection of a test's
 //! launcher; [`grpc_call`] a call on a connection of its own; [`probe`]
-//! the readiness check. [`grpcurl`] runs the real grpcurl, for the tests
-//! that check what a user types.
+//! the readiness check; [`logs`] the streams of GetLogs. [`grpcurl`] runs
+//! the real grpcurl, for the tests that check what a user types.
 
 pub mod api;
 pub mod grpcurl;
 pub mod json;
+pub mod logs;
 pub mod watch;
 
 use std::io::Read;
