@@ -34,10 +34,14 @@ fi
 export PATH="$PWD/$venv/bin:$PATH"
 promtool --version >/dev/null 2>&1 || { echo "promtool not usable" >&2; exit 1; }
 grpcurl -version 2>&1 | grep -q 'v1.8.6' || { echo "grpcurl 1.8.6 not usable" >&2; exit 1; }
+# Everything by default; given arguments (`--test watch`, a filter) choose.
+if [ $# -eq 0 ]; then
+  set -- --all-targets
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   # The crate has no doctests: nextest alone runs everything, on one build
   # (a separate doctest build cost minutes).
-  cargo nextest run --all-targets --no-fail-fast "$@"
+  cargo nextest run --no-fail-fast "$@"
 else
-  cargo test --all-targets --no-fail-fast "$@"
+  cargo test --no-fail-fast "$@"
 fi

@@ -175,6 +175,16 @@ fn a_scrape_counts_instances_restarts_spawns_and_probe_failures_and_passes_promt
     assert!(s["prism_spawn_duration_seconds_count"] >= 3.0, "{body}");
     assert!(s["prism_reconcile_duration_seconds_count"] >= 3.0, "{body}");
     assert!(s["prism_probe_failures_total"] >= 1.0, "{body}");
+    // The event log counts by reason: the kill, the restarts, the removal.
+    let events = |reason: &str| {
+        s.get(&format!("prism_events_total{{reason=\"{reason}\"}}"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    assert!(events("Exited") >= 1.0, "{body}");
+    assert!(events("Spawned") >= 3.0, "{body}");
+    assert!(events("Unhealthy") >= 1.0, "{body}");
+    assert_eq!(events("Terminated"), 1.0, "{body}");
     assert!(
         body.contains("# TYPE prism_probe_failures_total counter"),
         "{body}"
