@@ -352,3 +352,27 @@ fn a_signal_reaches_the_whole_process_group_and_bad_names_are_refused() {
         "{restarted}"
     );
 }
+
+#[test]
+fn restart_and_signal_work_through_grpcurl_as_a_user_types_them() {
+    let env = TestEnv::start();
+    let id = "ns:g:test-pattern";
+    let first = env.launch_running(PATTERN, "g", &[]);
+    let port = env.ports.grpc_port();
+    let r = grpcurl_call(port, "RestartPattern", &json!({ "process_id": id }))
+        .expect("RestartPattern through grpcurl");
+    assert!(jbool(&r, "success"), "{r}");
+    assert_eq!(r["processIds"], json!([id]), "{r}");
+    let now = env.find(id).expect("listed");
+    assert_ne!(jint(&now, "pid"), jint(&first, "pid"), "{now}");
+    let s = grpcurl_call(
+        port,
+        "SignalPattern",
+        &json!({ "process_id": id, "signal": "SIGWINCH" }),
+    )
+    .expect("SignalPattern through grpcurl");
+    assert_eq!(jint(&s, "pid"), jint(&now, "pid"), "{s}");
+    assert_eq!(jstr(&s, "signal"), "SIGWINCH", "{s}");
+    let e = grpcurl_call(port, "RestartPattern", &json!({})).unwrap_err();
+    assert_eq!(e.code, "InvalidArgument", "{e}");
+}
