@@ -39,7 +39,11 @@ impl Watch {
         request: proto::WatchRequest,
         window: Option<u32>,
     ) -> Result<Watch, tonic::Status> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // A worker of its own drives the connection while the test does not
+        // read: it answers the server's keepalive pings as a live client
+        // does, however long the test leaves the stream unread.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .expect("tokio runtime");
