@@ -6,6 +6,7 @@
 pub mod limits;
 pub mod manifest;
 pub mod quantity;
+pub mod run_as;
 pub mod yaml;
 
 use std::collections::BTreeMap;
