@@ -1,7 +1,7 @@
 //! Instance privileges: an instance whose manifest says `user: nobody`
 //! runs as nobody (uid, gid and nobody's supplementary groups, not root's)
-//! with `no_new_privs`, writes its log, and is restarted and terminated as
-//! any other; `no_new_privileges: false` leaves the flag off; an unknown
+//! with `no_new_privs`, writes its log, and is restarted, adopted by a new
+//! launcher and terminated as any other; `no_new_privileges: false` leaves the flag off; an unknown
 //! user makes the manifest invalid; session ids that look like paths are
 //! refused.
 //!
@@ -137,13 +137,13 @@ fn assert_runs_as_nobody(pid: i64) {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn an_instance_with_user_nobody_runs_as_nobody_and_is_restarted_and_terminated() {
+fn an_instance_with_user_nobody_runs_as_nobody_and_is_restarted_adopted_and_terminated() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test needs root: only root can switch users"
     );
     let bin = RunnableByAll::new();
-    let env = TestEnv::builder()
+    let mut env = TestEnv::builder()
         .raw_manifest(
             "as-nobody",
             &manifest("as-nobody", &bin.path(), "user: nobody\n"),
@@ -184,6 +184,14 @@ fn an_instance_with_user_nobody_runs_as_nobody_and_is_restarted_and_terminated()
         "no start line of pid {again}:\n{}",
         env.instance_log(id)
     );
+
+    // A launcher killed and started again adopts it: same pid, no copy.
+    env.launcher().kill9();
+    env.launcher().restart();
+    env.wait_entry(id, &format!("adopted with pid {again}"), |p| {
+        is_running(p) && jint(p, "pid") == again
+    });
+    assert_eq!(env.token_processes(), vec![again as i32], "one process");
 
     // Terminated as any other instance (the launcher signals it as root).
     env.terminate(id, 5, false)
