@@ -1,9 +1,10 @@
 //! Instance privileges: an instance whose manifest says `user: nobody`
 //! runs as nobody (uid, gid and nobody's supplementary groups, not root's)
-//! with `no_new_privs`, writes its log, and is restarted, adopted by a new
-//! launcher and terminated as any other; `no_new_privileges: false` leaves the flag off; an unknown
-//! user makes the manifest invalid; session ids that look like paths are
-//! refused.
+//! with `no_new_privs`, writes its log, keeps the clean environment,
+//! descriptors and pids.max of every instance, and is restarted, adopted
+//! by a new launcher and terminated as any other; `no_new_privileges:
+//! false` leaves the flag off; an unknown user makes the manifest invalid;
+//! session ids that look like paths are refused.
 //!
 //! Real binary, as root (only root can switch users). Nobody must be able
 //! to reach the executable and enter the pattern directory: cargo's target
@@ -161,6 +162,31 @@ fn an_instance_with_user_nobody_runs_as_nobody_and_is_restarted_adopted_and_term
         environ_var(pid, "HOME").map(PathBuf::from),
         Some(n.dir.clone())
     );
+    // What every instance gets holds for it too: a clean environment, no
+    // descriptor of the launcher's, its own pids cgroup with pids.max.
+    let vars = environ(pid).expect("its environment");
+    assert!(
+        !vars.contains_key("RUST_LOG"),
+        "the launcher's environment leaked: {vars:?}"
+    );
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).expect("its descriptors") {
+        let entry = entry.expect("descriptor entry");
+        let n: i32 = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(-1);
+        let target = fs::read_link(entry.path()).unwrap_or_default();
+        assert!(
+            n <= 2 || !target.is_absolute(),
+            "descriptor {n} ({}) crossed the exec",
+            target.display()
+        );
+    }
+    let pids = cgroup_dir(pid, "pids").expect("a pids cgroup");
+    assert!(pids.to_string_lossy().contains(id), "{}", pids.display());
+    assert_eq!(cgroup_file(&pids, "pids.max"), "4096");
+
     // Its output reaches its log, a file only root may open (0600), which
     // the launcher opened for it.
     let log = env.instance_log_path(id);
