@@ -75,7 +75,6 @@ pub fn resolve(mut pattern: Pattern, display: &str) -> Result<Pattern, YamlError
 mod tests {
     use super::*;
     use crate::spec::run_as::RunAs;
-    use std::path::PathBuf;
 
     fn with(user: &str, group: Option<&str>) -> Result<Ids, YamlError> {
         let mut p = Pattern::sample("p");
@@ -102,7 +101,8 @@ mod tests {
         assert_eq!(ids.name.as_deref(), Some("nobody"));
         let root = with("0", Some("root")).unwrap();
         assert_eq!((root.uid, root.gid), (0, 0));
-        assert_eq!(root.home, Some(PathBuf::from("/root")));
+        let root_home = User::from_uid(Uid::from_raw(0)).unwrap().unwrap().dir;
+        assert_eq!(root.home, Some(root_home));
         let ids = with("nobody", Some("0")).unwrap();
         assert_eq!((ids.uid, ids.gid), (nobody.uid.as_raw(), 0));
     }
