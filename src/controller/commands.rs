@@ -122,6 +122,8 @@ impl<R: Runtime> Controller<R> {
         self.rt
             .check_executable(&pattern.executable)
             .map_err(|e| CommandError::FailedPrecondition(format!("cannot execute {e}")))?;
+        crate::runtime::spawn::check_run_as(&pattern)
+            .map_err(|e| CommandError::FailedPrecondition(e.to_string()))?;
         let id = spec.key.process_id();
         let previous = self
             .desired

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::limits::MAX_MANIFEST_DURATION;
+use super::run_as::{Account, RunAs};
 use super::yaml::{self, YamlError};
 use super::{Isolation, is_valid_env_key, is_valid_pattern_name, validate_env_names};
 use super::{RESERVED_ENV, SpecError};
@@ -44,6 +45,12 @@ struct RawManifest {
     config_keys: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     inherit_env: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    user: Option<Spanned<String>>,
+    #[serde(default)]
+    group: Option<Spanned<String>>,
+    #[serde(default)]
+    no_new_privileges: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +157,10 @@ pub struct Pattern {
     /// Hash of the executable's content (filled in by the catalog; 0 when
     /// unknown). A rebuilt executable changes the pattern.
     pub exe_hash: u64,
+    /// `user:` and `group:`; `None`: the launcher's own user.
+    pub run_as: Option<RunAs>,
+    /// Whether its processes run with `no_new_privs` (default on).
+    pub no_new_privileges: bool,
 }
 
 fn at<T>(file: &str, s: &Spanned<T>, message: String) -> YamlError {
@@ -220,6 +231,8 @@ impl Pattern {
             config_keys: None,
             inherit_env: Vec::new(),
             exe_hash: 0,
+            run_as: None,
+            no_new_privileges: true,
         }
     }
 
@@ -400,7 +413,29 @@ pub fn parse_manifest(text: &str, display: &str, dir: &Path) -> Result<Pattern, 
         config_keys,
         inherit_env,
         exe_hash: 0,
+        run_as: run_as(display, raw.user, raw.group)?,
+        no_new_privileges: raw.no_new_privileges.unwrap_or(true),
     })
+}
+
+/// `user:` and `group:` as written (looked up later, by the catalog).
+fn run_as(
+    file: &str,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+) -> Result<Option<RunAs>, YamlError> {
+    let account = |key: &str, s: &Spanned<String>| {
+        Account::parse(&s.value).map_err(|e| at(file, s, format!("key `{key}`: {e}")))
+    };
+    match (user, group) {
+        (None, None) => Ok(None),
+        (None, Some(g)) => Err(at(file, &g, "key `group`: needs a `user` to run as".into())),
+        (Some(u), g) => Ok(Some(RunAs {
+            user: account("user", &u)?,
+            group: g.map(|g| account("group", &g)).transpose()?,
+            ids: None,
+        })),
+    }
 }
 
 #[cfg(test)]
@@ -513,6 +548,49 @@ resources:
         assert_eq!(p.resources.pids, 64);
         let text = HELLO.replace("memory_limit: 256Mi", "memory_limit: 256Mi\n  pids: 0");
         assert!(parse_manifest(&text, "m", Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn user_group_and_no_new_privileges() {
+        let p = parse_manifest(HELLO, "m", Path::new("/")).unwrap();
+        assert_eq!(p.run_as, None);
+        assert!(p.no_new_privileges, "on by default");
+        let text = format!("{HELLO}user: nobody\ngroup: 65534\nno_new_privileges: false\n");
+        let p = parse_manifest(&text, "m", Path::new("/")).unwrap();
+        let run_as = p.run_as.unwrap();
+        assert_eq!(run_as.user, Account::Name("nobody".into()));
+        assert_eq!(run_as.group, Some(Account::Id(65534)));
+        assert_eq!(run_as.ids, None, "looked up by the catalog, not here");
+        assert!(!p.no_new_privileges);
+        let p = parse_manifest(&format!("{HELLO}user: '1000'\n"), "m", Path::new("/")).unwrap();
+        assert_eq!(p.run_as.unwrap().user, Account::Id(1000));
+    }
+
+    #[test]
+    fn bad_user_and_group_values_name_key_and_line() {
+        let e =
+            parse_manifest(&format!("{HELLO}user: 4294967295\n"), "m", Path::new("/")).unwrap_err();
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.message.contains("key `user`"), "{e}");
+        let e = parse_manifest(
+            &format!("{HELLO}user: x\ngroup: 'a b'\n"),
+            "m",
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(14), "{e}");
+        assert!(e.message.contains("key `group`"), "{e}");
+        let e = parse_manifest(&format!("{HELLO}group: staff\n"), "m", Path::new("/")).unwrap_err();
+        assert!(e.message.contains("needs a `user`"), "{e}");
+        let e = parse_manifest(&format!("{HELLO}user: [a]\n"), "m", Path::new("/")).unwrap_err();
+        assert!(e.message.contains("user"), "{e}");
+        let e = parse_manifest(
+            &format!("{HELLO}no_new_privileges: maybe\n"),
+            "m",
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("no_new_privileges"), "{e}");
     }
 
     #[test]

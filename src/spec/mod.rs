@@ -6,6 +6,7 @@
 pub mod limits;
 pub mod manifest;
 pub mod quantity;
+pub mod run_as;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,10 @@ pub enum SpecError {
         /// The offending value.
         value: String,
     },
+    /// A pattern name that is no DNS label (every source checks it first;
+    /// this is the last guard before it becomes part of a path).
+    #[error("invalid pattern name {0:?}: must match [a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?")]
+    BadPatternName(String),
     /// A config key that is not an environment variable name.
     #[error("invalid config key {0:?}: must match [A-Z_][A-Z0-9_]*")]
     BadConfigKey(String),
@@ -236,13 +241,17 @@ pub struct InstanceKey {
 impl InstanceKey {
     /// Builds a key from a request, applying the rules of SPEC §4: the
     /// namespace/session fields that the isolation level does not use are
-    /// dropped, the ones it needs are required and checked.
+    /// dropped, the ones it needs are required and checked. The process id
+    /// made of them names a log file and a cgroup: every part is checked.
     pub fn new(
         pattern: &str,
         isolation: Isolation,
         namespace: &str,
         session_id: &str,
     ) -> Result<Self, SpecError> {
+        if !is_valid_pattern_name(pattern) {
+            return Err(SpecError::BadPatternName(pattern.to_string()));
+        }
         let (namespace, session_id) = match isolation {
             Isolation::None => (String::new(), String::new()),
             Isolation::Namespace => {
@@ -503,5 +512,58 @@ mod tests {
         assert!(!is_valid_pattern_name("Hello"));
         assert!(!is_valid_pattern_name("a-"));
         assert!(!is_valid_pattern_name(""));
+    }
+
+    /// Process ids name each instance's log file (`<logs>/<id>.log`) and
+    /// cgroup leaf: whatever a caller or a desired/ file sends as pattern,
+    /// namespace or session id, an accepted one is a single path component
+    /// and lands inside those directories.
+    #[test]
+    fn no_declaration_forms_a_path_outside_the_launchers_directories() {
+        use std::path::{Component, Path};
+        let hostile = [
+            "..",
+            ".",
+            "../x",
+            "a/../../b",
+            "/etc",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "a..",
+            "..a",
+            "%2e%2e",
+            "a\0b",
+            "a\nb",
+            "~root",
+            "*",
+            "",
+            "a:b",
+            "x.log",
+        ];
+        let logs = Path::new("/state/logs");
+        let mut accepted = 0;
+        for a in hostile {
+            for b in hostile {
+                for isolation in [Isolation::None, Isolation::Namespace, Isolation::Session] {
+                    for pattern in ["p", a] {
+                        let Ok(key) = InstanceKey::new(pattern, isolation, a, b) else {
+                            continue;
+                        };
+                        accepted += 1;
+                        let id = key.process_id();
+                        assert!(!id.contains(['/', '\\', '\0']), "{id:?}");
+                        let file = crate::runtime::logs::log_path(logs, &id);
+                        assert_eq!(file.parent(), Some(logs), "{id:?}");
+                        let parts: Vec<_> = Path::new(&id).components().collect();
+                        assert!(
+                            matches!(parts[..], [Component::Normal(_)]),
+                            "{id:?} is not one plain path component"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(accepted > 10, "the test exercised too few keys: {accepted}");
     }
 }

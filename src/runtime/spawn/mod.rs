@@ -1,7 +1,8 @@
 //! Starting pattern processes (SPEC §5) and signalling their process groups.
 //!
-//! Builds the environment, working directory, process group and output
-//! redirection; makes no decision about when to start or stop.
+//! Builds the environment, working directory, process group, output
+//! redirection and the user it runs as; makes no decision about when to
+//! start or stop.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
@@ -22,8 +23,13 @@ use crate::reconcile::observed::Ports;
 use crate::spec::InstanceSpec;
 use crate::spec::manifest::Pattern;
 
+mod credentials;
 mod executable;
+mod stack;
+use credentials::ChildCreds;
+pub use credentials::{RunAsError, check_run_as};
 pub use executable::{ExecutableError, check_executable};
+use stack::ChildStack;
 
 /// A process that could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,9 @@ pub enum SpawnError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// It cannot run as the user its manifest names.
+    #[error(transparent)]
+    RunAs(#[from] RunAsError),
 }
 
 impl SpawnError {
@@ -53,6 +62,7 @@ impl SpawnError {
     pub fn is_launcher_side(&self) -> bool {
         match self {
             SpawnError::Log { .. } => true,
+            SpawnError::RunAs(_) => false,
             // Out of resources, or of processes (clone's EAGAIN), or of a
             // writable state directory.
             SpawnError::Exec { source, .. } => source.raw_os_error().is_some_and(|c| {
@@ -117,6 +127,14 @@ pub struct Spawned {
 /// outside its cgroups. Returns once the pattern's executable runs (or
 /// with the reason it could not).
 ///
+/// The child, in this order: joins its cgroups (as the launcher), takes
+/// the manifest's user (`setgroups`, `setresgid`, `setresuid`; only when
+/// the launcher is root, see [`check_run_as`]), enters the pattern
+/// directory as that user, sets `no_new_privs` (unless the manifest says
+/// `no_new_privileges: false`), closes every descriptor above 2, execs.
+/// The log file is opened here, by the launcher, whatever user the child
+/// becomes.
+///
 /// The child is created as `posix_spawn` creates one (`clone` with
 /// `CLONE_VM | CLONE_VFORK`: no copy of the launcher's page tables), which
 /// std only does without a pre-exec hook; a `fork` of the launcher cost
@@ -152,11 +170,13 @@ pub fn spawn(
         path: pattern.executable.clone(),
         source,
     };
+    let creds = credentials::child_creds(pattern)?;
     let child = ChildSetup::new(
         pattern,
         environment(process_id, spec, pattern, ports, launcher),
         [stdin.into(), out.into(), err.into()],
         cgroup_procs,
+        creds,
     )
     .map_err(exec_err)?;
     child.start().map_err(exec_err)
@@ -178,6 +198,11 @@ struct ChildSetup {
     cgroup_procs: Vec<CString>,
     /// Open-file limits to restore (see [`keep_child_fd_limit`]).
     nofile: Option<(u64, u64)>,
+    /// The ids to switch to (the manifest's `user:`), when the launcher
+    /// switches.
+    creds: Option<ChildCreds>,
+    /// Set `no_new_privs` before the exec.
+    no_new_privs: bool,
     /// Owns what `argv` and `envp` point into.
     _strings: Vec<CString>,
 }
@@ -189,6 +214,10 @@ const STAGE_PGID: i32 = 1;
 const STAGE_STDIO: i32 = 2;
 const STAGE_CHDIR: i32 = 3;
 const STAGE_EXEC: i32 = 4;
+const STAGE_SETGROUPS: i32 = 5;
+const STAGE_SETGID: i32 = 6;
+const STAGE_SETUID: i32 = 7;
+const STAGE_NO_NEW_PRIVS: i32 = 8;
 
 /// The open-file limits the launcher was started with, before it raised its
 /// own soft limit: its children get these back, as under a shell.
@@ -206,74 +235,6 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// The shell that runs an executable without a `#!` line.
 const SH: &std::ffi::CStr = c"/bin/sh";
 
-/// Stack of the child until it execs; it runs a few small frames.
-const CHILD_STACK: usize = 64 * 1024;
-
-/// The child's stack: an anonymous mapping with a `PROT_NONE` guard page
-/// below it (stacks grow down), unmapped when dropped.
-struct ChildStack {
-    base: *mut nix::libc::c_void,
-    len: usize,
-    page: usize,
-}
-
-impl ChildStack {
-    #[allow(unsafe_code)] // mmap/mprotect of a fresh private mapping we own
-    fn new() -> std::io::Result<ChildStack> {
-        use nix::libc;
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-            .ok()
-            .filter(|p| *p > 0)
-            .unwrap_or(4096);
-        let len = CHILD_STACK + page;
-        // SAFETY: a new anonymous private mapping; no existing memory is
-        // touched.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stack = ChildStack { base, len, page };
-        // SAFETY: the lowest page of the mapping just made.
-        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stack)
-    }
-
-    /// The usable part, above the guard page.
-    #[allow(unsafe_code)] // a slice of the mapping this value owns
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: [base + page, base + len) is mapped read-write, owned by
-        // self and borrowed mutably for the slice's life.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.base.cast::<u8>().add(self.page),
-                self.len - self.page,
-            )
-        }
-    }
-}
-
-impl Drop for ChildStack {
-    #[allow(unsafe_code)] // unmapping the mapping this value owns
-    fn drop(&mut self) {
-        // SAFETY: base/len are the mapping made in `new`, unmapped once.
-        unsafe {
-            nix::libc::munmap(self.base, self.len);
-        }
-    }
-}
-
 fn nul_free(bytes: &[u8]) -> std::io::Result<CString> {
     CString::new(bytes).map_err(|_| {
         std::io::Error::new(
@@ -289,6 +250,7 @@ impl ChildSetup {
         env: Vec<(String, String)>,
         stdio: [OwnedFd; 3],
         cgroup_procs: &[PathBuf],
+        creds: Option<ChildCreds>,
     ) -> std::io::Result<Self> {
         // A relative executable is relative to the launcher's directory,
         // not to the pattern directory the child changes into.
@@ -317,6 +279,8 @@ impl ChildSetup {
                 vars.insert(name.into(), v);
             }
         }
+        // The user's HOME, USER and LOGNAME, not the launcher's.
+        vars.extend(credentials::user_env(pattern));
         for (k, v) in env {
             vars.insert(k.into(), v.into());
         }
@@ -358,6 +322,8 @@ impl ChildSetup {
                 .map(|p| nul_free(p.as_os_str().as_bytes()))
                 .collect::<Result<_, _>>()?,
             nofile: CHILD_NOFILE.get().copied(),
+            creds,
+            no_new_privs: pattern.no_new_privileges,
             _strings: strings,
         })
     }
@@ -380,6 +346,15 @@ impl ChildSetup {
             Some(&SigSet::all()),
             Some(&mut old),
         )?;
+        // A child that switches user has the kernel mark the memory it
+        // shares with us not dumpable (`commit_creds` sets it on the shared
+        // mm): the launcher's flag, as it was before any such child, is set
+        // back once the child has exec'd.
+        static DUMPABLE: OnceLock<Option<bool>> = OnceLock::new();
+        let dumpable = self
+            .creds
+            .as_ref()
+            .and_then(|_| *DUMPABLE.get_or_init(|| nix::sys::prctl::get_dumpable().ok()));
         let flags = CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
         // SAFETY: with CLONE_VFORK this thread is suspended until the child
         // execs or exits, so everything the child reads (self, the
@@ -401,19 +376,18 @@ impl ChildSetup {
             )
         };
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        if let Some(was) = dumpable
+            && nix::sys::prctl::get_dumpable().ok() != Some(was)
+        {
+            let _ = nix::sys::prctl::set_dumpable(was);
+        }
         let pid = cloned?;
         let failed = stage.load(Ordering::SeqCst);
         if failed != STAGE_NONE {
             // It has exited: reap it.
             let _ = nix::sys::wait::waitpid(pid, None);
             let os = std::io::Error::from_raw_os_error(errno.load(Ordering::SeqCst));
-            let what = match failed {
-                STAGE_PGID => "cannot start a process group",
-                STAGE_STDIO => "cannot redirect stdin, stdout or stderr",
-                STAGE_CHDIR => "cannot enter the pattern directory",
-                _ => return Err(os),
-            };
-            return Err(std::io::Error::new(os.kind(), format!("{what}: {os}")));
+            return Err(std::io::Error::new(os.kind(), self.failure(failed, &os)));
         }
         let raw = u32::try_from(pid.as_raw()).unwrap_or(0);
         let pidfd = match super::table::pidfd_open(raw) {
@@ -435,6 +409,40 @@ impl ChildSetup {
             pidfd,
             joined_cgroups: joined.load(Ordering::SeqCst),
         })
+    }
+
+    /// What failed at `stage` in the child, with the OS error `os`.
+    fn failure(&self, stage: i32, os: &std::io::Error) -> String {
+        let (uid, gid) = self
+            .creds
+            .as_ref()
+            .map_or((None, None), |c| (Some(c.uid), Some(c.gid)));
+        let as_whom = match (uid, gid) {
+            (Some(u), Some(g)) => format!(" as uid {u} gid {g}"),
+            _ => String::new(),
+        };
+        let what = match stage {
+            STAGE_PGID => "cannot start a process group".to_string(),
+            STAGE_STDIO => "cannot redirect stdin, stdout or stderr".to_string(),
+            STAGE_CHDIR if uid.is_some() => format!(
+                "cannot enter the pattern directory {}{as_whom} (it must be searchable by that user)",
+                self.dir.to_string_lossy()
+            ),
+            STAGE_CHDIR => "cannot enter the pattern directory".to_string(),
+            STAGE_SETGROUPS => format!("cannot set the supplementary groups{as_whom} (setgroups)"),
+            STAGE_SETGID => format!(
+                "cannot switch to gid {}{as_whom} (setresgid)",
+                gid.unwrap_or_default()
+            ),
+            STAGE_SETUID => format!(
+                "cannot switch to uid {}{as_whom} (setresuid)",
+                uid.unwrap_or_default()
+            ),
+            STAGE_NO_NEW_PRIVS => "cannot set no_new_privs (prctl)".to_string(),
+            _ if uid.is_some() => format!("cannot execute it{as_whom}"),
+            _ => return os.to_string(),
+        };
+        format!("{what}: {os}")
     }
 
     /// The child's side, up to exec. Never returns.
@@ -477,9 +485,6 @@ impl ChildSetup {
                     return fail(STAGE_STDIO);
                 }
             }
-            if libc::chdir(self.dir.as_ptr()) != 0 {
-                return fail(STAGE_CHDIR);
-            }
             if let Some((soft, hard)) = self.nofile {
                 let lim = libc::rlimit {
                     rlim_cur: soft,
@@ -499,6 +504,35 @@ impl ChildSetup {
                     joined.store(false, Ordering::SeqCst);
                 }
                 libc::close(fd);
+            }
+            // In its cgroups (joined as root), it becomes the manifest's
+            // user: groups first, then gid, then uid (after which it could
+            // change neither). Raw system calls: glibc's wrappers would
+            // signal every thread of the launcher to change theirs too
+            // (its setxid broadcast), from a child that is not the
+            // launcher but shares its memory.
+            if let Some(c) = &self.creds {
+                let n = c.groups.len() as libc::c_long;
+                if libc::syscall(libc::SYS_setgroups, n, c.groups.as_ptr()) != 0 {
+                    return fail(STAGE_SETGROUPS);
+                }
+                let gid = c.gid as libc::c_long;
+                if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
+                    return fail(STAGE_SETGID);
+                }
+                let uid = c.uid as libc::c_long;
+                if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+                    return fail(STAGE_SETUID);
+                }
+            }
+            // As that user: a directory it may not enter is an error here,
+            // not a process running somewhere it cannot read.
+            if libc::chdir(self.dir.as_ptr()) != 0 {
+                return fail(STAGE_CHDIR);
+            }
+            // No setuid bit or file capability can raise it again.
+            if self.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return fail(STAGE_NO_NEW_PRIVS);
             }
             // Only 0-2 cross the exec: whatever else the launcher holds, or
             // inherited without close-on-exec from its own parent, stays.

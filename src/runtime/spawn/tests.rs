@@ -1,5 +1,6 @@
 //! Unit tests of the parent module.
 
+use super::stack::CHILD_STACK;
 use super::*;
 use crate::spec::{InstanceKey, Isolation};
 use std::collections::BTreeMap;
@@ -271,4 +272,175 @@ fn the_child_stack_has_a_guard_page_below_it() {
 fn groups_zero_and_one_are_never_signalled() {
     assert!(signal_group(0, Signal::SIGTERM).is_err());
     assert!(signal_group(1, Signal::SIGTERM).is_err());
+}
+
+/// `sh_pattern` run as nobody, resolved as the catalog resolves it.
+fn as_nobody(dir: &Path, script: &str) -> (Pattern, nix::unistd::User) {
+    use crate::spec::run_as::{Account, Ids, RunAs};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches users: run it as root"
+    );
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let mut p = sh_pattern(dir, script);
+    p.run_as = Some(RunAs {
+        user: Account::Name("nobody".into()),
+        group: None,
+        ids: Some(Ids {
+            uid: nobody.uid.as_raw(),
+            gid: nobody.gid.as_raw(),
+            name: Some("nobody".into()),
+            home: Some(nobody.dir.clone()),
+        }),
+    });
+    (p, nobody)
+}
+
+/// A temp dir others may traverse, whatever mode tempfile gives it.
+fn searchable_tempdir() -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    t
+}
+
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn a_child_runs_as_its_manifests_user_with_its_groups_and_no_new_privileges() {
+    let t = searchable_tempdir();
+    let dir = t.path().join("pattern");
+    std::fs::create_dir(&dir).unwrap();
+    // The log is written through the descriptor the launcher opened: a
+    // file nobody could not open itself (0600 root, in a root-only dir).
+    let logs = t.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let log = logs.join("out.log");
+    let script =
+        "cat /proc/self/status; echo \"home=$HOME user=$USER logname=$LOGNAME cwd=$(pwd)\"";
+    let (pattern, nobody) = as_nobody(&dir, script);
+    let ports = Ports { grpc: 1, health: 2 };
+    let dumpable = nix::sys::prctl::get_dumpable().unwrap();
+    let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &[], "me").unwrap();
+    assert_eq!(
+        nix::sys::prctl::get_dumpable().unwrap(),
+        dumpable,
+        "the launcher's own dumpable flag is as it was"
+    );
+    assert_eq!(
+        wait(&s),
+        nix::sys::wait::WaitStatus::Exited(Pid::from_raw(s.pid as i32), 0)
+    );
+    let out = std::fs::read_to_string(&log).unwrap();
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    assert_eq!(
+        status_field(&out, "Uid"),
+        format!("{uid} {uid} {uid} {uid}")
+    );
+    assert_eq!(
+        status_field(&out, "Gid"),
+        format!("{gid} {gid} {gid} {gid}")
+    );
+    let mut groups: Vec<String> = nix::unistd::getgrouplist(c"nobody", nobody.gid)
+        .unwrap()
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    groups.sort_by_key(|g| g.parse::<u32>().unwrap());
+    groups.dedup();
+    assert_eq!(status_field(&out, "Groups"), groups.join(" "));
+    assert_eq!(status_field(&out, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&out, "CapEff"), "0000000000000000");
+    let canon = std::fs::canonicalize(&dir).unwrap();
+    assert!(
+        out.contains(&format!(
+            "home={} user=nobody logname=nobody cwd={}\n",
+            nobody.dir.display(),
+            canon.display()
+        )),
+        "{out}"
+    );
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn no_new_privileges_false_leaves_it_off() {
+    let t = searchable_tempdir();
+    let log = t.path().join("l");
+    let mut pattern = sh_pattern(t.path(), "grep NoNewPrivs /proc/self/status");
+    let ports = Ports { grpc: 1, health: 2 };
+    pattern.no_new_privileges = false;
+    let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &[], "me").unwrap();
+    wait(&s);
+    pattern.no_new_privileges = true;
+    let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &[], "me").unwrap();
+    wait(&s);
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out, "NoNewPrivs:\t0\nNoNewPrivs:\t1\n");
+}
+
+#[test]
+fn a_pattern_directory_the_user_cannot_enter_is_an_error_naming_it() {
+    // Root may enter, nobody may not.
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let dir = t.path().join("pattern");
+    std::fs::create_dir(&dir).unwrap();
+    let (pattern, nobody) = as_nobody(&dir, "exit 0");
+    let ports = Ports { grpc: 1, health: 2 };
+    let e = spawn(
+        "ns:t:p",
+        &spec(),
+        &pattern,
+        ports,
+        &t.path().join("l"),
+        &[],
+        "me",
+    )
+    .unwrap_err();
+    assert!(!e.is_launcher_side(), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!(
+            "cannot enter the pattern directory {} as uid {} gid {}",
+            dir.display(),
+            nobody.uid,
+            nobody.gid
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Permission denied"), "{text}");
+}
+
+#[test]
+fn a_user_that_was_never_looked_up_is_not_started() {
+    let t = searchable_tempdir();
+    let (mut pattern, _) = as_nobody(t.path(), "exit 0");
+    if let Some(r) = pattern.run_as.as_mut() {
+        r.ids = None;
+    }
+    let ports = Ports { grpc: 1, health: 2 };
+    let e = spawn(
+        "ns:t:p",
+        &spec(),
+        &pattern,
+        ports,
+        &t.path().join("l"),
+        &[],
+        "me",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, SpawnError::RunAs(RunAsError::Unresolved { .. })),
+        "{e}"
+    );
 }

@@ -7,6 +7,7 @@
 //! (for any reason but being gone) changes nothing. When to look again is
 //! [`watcher`]'s to say.
 
+mod accounts;
 pub mod watcher;
 
 pub use watcher::watch_patterns;
@@ -161,6 +162,7 @@ impl Catalog {
                 }
                 Ok(_) => match read_limited(&file, &display)
                     .and_then(|text| parse_manifest(&text, &display, &sub))
+                    .and_then(|p| accounts::resolve(p, &display))
                 {
                     Ok(mut p) => {
                         p.exe_hash = self.hash_executable(&p.executable, &mut next.stamps);

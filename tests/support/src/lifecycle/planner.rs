@@ -82,6 +82,8 @@ pub mod planner_inputs {
             config_keys: None,
             inherit_env: Vec::new(),
             exe_hash: 0x5eed,
+            run_as: None,
+            no_new_privileges: true,
         }
     }
 
