@@ -17,6 +17,7 @@ pub mod ports;
 pub mod spawn;
 pub mod supervise;
 pub mod table;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
