@@ -56,6 +56,7 @@ use crate::runtime::{Runtime, StartRequest};
 use crate::sources::Catalog;
 use crate::sources::DesiredDoc;
 use crate::sources::FileEvent;
+use crate::sources::catalog::watcher::Reloaded;
 use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec};
 use snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
@@ -298,7 +299,7 @@ impl<R: Runtime> Controller<R> {
             },
             Some(ev) = self.events.recv() => self.event(ev),
             Some(ev) = self.watchers.desired.recv() => self.file_event(ev),
-            Some(()) = self.watchers.patterns.recv() => self.reload_catalog(),
+            Some(r) = self.watchers.patterns.recv() => self.reload_catalog(r),
             () = tokio::time::sleep_until(wake.into()) => {}
         }
         for _ in 0..BATCH {
@@ -307,9 +308,13 @@ impl<R: Runtime> Controller<R> {
                 Err(_) => break,
             }
         }
-        if self.watchers.patterns.try_recv().is_ok() {
-            while self.watchers.patterns.try_recv().is_ok() {}
-            self.reload_catalog();
+        // Each reload is a whole catalog: the latest is all that counts.
+        let mut latest = None;
+        while let Ok(r) = self.watchers.patterns.try_recv() {
+            latest = Some(r);
+        }
+        if let Some(r) = latest {
+            self.reload_catalog(r);
         }
         for _ in 0..BATCH {
             match self.commands.try_recv() {

@@ -23,6 +23,7 @@ use crate::runtime::fake::{Behaviour, Call, FakeRuntime, killed_by};
 use crate::sources::Catalog;
 use crate::sources::DesiredDoc;
 use crate::sources::FileEvent;
+use crate::sources::catalog::watcher::Reloaded;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 
 /// Longest a simulated wait may take (virtual time).
@@ -46,7 +47,7 @@ struct Sim {
     fake: FakeRuntime,
     handle: ControllerHandle,
     desired: mpsc::UnboundedSender<FileEvent>,
-    patterns: mpsc::UnboundedSender<()>,
+    patterns: mpsc::UnboundedSender<Reloaded>,
     patterns_dir: tempfile::TempDir,
 }
 
@@ -98,6 +99,14 @@ impl Sim {
             patterns,
             patterns_dir,
         }
+    }
+
+    /// The patterns watcher's part: the catalog loaded again, handed over.
+    fn reload_patterns(&self) {
+        let (catalog, errors) = Catalog::discover(self.patterns_dir.path());
+        self.patterns
+            .send(Reloaded { catalog, errors })
+            .expect("the loop takes catalogs");
     }
 
     async fn launch_with(
@@ -449,7 +458,7 @@ async fn a_new_pattern_directory_is_launchable_without_a_restart() {
         .expect_err("unknown yet");
     assert!(matches!(err, CommandError::NotFound(_)), "{err:?}");
     write_manifest(sim.patterns_dir.path(), "q", "1");
-    sim.patterns.send(()).unwrap();
+    sim.reload_patterns();
     sim.until("q known", |s| s.sources.iter().any(|f| f.pattern == "q"))
         .await;
     sim.launch_with("q", "a", &[])
@@ -474,7 +483,7 @@ async fn a_changed_manifest_restarts_its_instances_one_at_a_time() {
     }
     let before = sim.fake.calls().len();
     write_manifest(sim.patterns_dir.path(), "p", "2");
-    sim.patterns.send(()).unwrap();
+    sim.reload_patterns();
     sim.until("all restarted", |s| {
         ids.iter().all(|id| {
             s.instances
