@@ -555,6 +555,7 @@ fn after_a_launcher_crash_the_next_launcher_adopts_all_instances_and_still_notic
     );
     assert_eq!(pids.len(), 20);
     assert_eq!(count_lines(&spawn_log), 20);
+    env.wait_table_records(&pids.values().copied().collect::<Vec<_>>());
 
     let status = env.launcher().kill9();
     assert_eq!(
@@ -723,6 +724,7 @@ fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled() {
     let ghost = "ns:ghost:test-pattern";
     let reply = env.launch_running(PATTERN, "real", &[]);
     let real_pid = jint(&reply, "pid");
+    env.wait_table_records(&[real_pid]);
 
     env.launcher().kill9();
 

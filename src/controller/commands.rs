@@ -8,7 +8,7 @@ use crate::runtime::ports::Exhausted;
 use crate::spec::manifest::Pattern;
 
 impl<R: Runtime> Controller<R> {
-    pub(super) fn command(&mut self, cmd: Command) {
+    pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Launch { params, reply } => match self.launch(params) {
                 Ok((accepted, previous)) => {
@@ -38,7 +38,7 @@ impl<R: Runtime> Controller<R> {
                 force,
                 reply,
             } => {
-                let r = self.terminate(&process_id, grace, force);
+                let r = self.terminate(&process_id, grace, force).await;
                 let _ = reply.send(r);
             }
             Command::Shutdown => {
@@ -108,8 +108,8 @@ impl<R: Runtime> Controller<R> {
         let declared = match self.desired.declare(Source::Api, spec) {
             Ok(d) => d,
             Err(e) => {
-                if new && let Some(o) = self.observed.remove(&id) {
-                    self.ports.release(o.ports);
+                if new && self.observed.remove(&id).is_some() {
+                    self.held.release_ports(&id);
                 }
                 return Err(CommandError::FailedPrecondition(e.to_string()));
             }
@@ -142,12 +142,12 @@ impl<R: Runtime> Controller<R> {
     /// Persists the API declarations once for every launch taken in since
     /// the last pass, then answers them; when the write fails, their
     /// declarations are taken back (latest first) and they are refused.
-    pub(super) fn save_launches(&mut self) {
+    pub(super) async fn save_launches(&mut self) {
         if self.unsaved_launches.is_empty() {
             return;
         }
         let launches = std::mem::take(&mut self.unsaved_launches);
-        match self.persist_api() {
+        match self.persist_api().await {
             Ok(()) => {
                 for u in launches {
                     let _ = u.reply.send(Ok(u.accepted));
@@ -167,7 +167,7 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
-    pub(super) fn terminate(
+    pub(super) async fn terminate(
         &mut self,
         id: &str,
         grace: Option<Duration>,
@@ -189,7 +189,7 @@ impl<R: Runtime> Controller<R> {
             }
             let previous = d.spec_of(&Source::Api).cloned();
             self.desired.withdraw(&Source::Api, id);
-            if let Err(e) = self.persist_api() {
+            if let Err(e) = self.persist_api().await {
                 self.restore_api(id, previous);
                 return Err(CommandError::Unavailable(e));
             }
@@ -223,9 +223,9 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
-    pub(super) fn persist_api(&mut self) -> Result<(), String> {
+    pub(super) async fn persist_api(&mut self) -> Result<(), String> {
         let specs = self.desired.declared_by(&Source::Api);
-        self.rt.save_api(&specs).map_err(|e| {
+        self.rt.save_api(specs).await.map_err(|e| {
             tracing::error!("cannot persist API declarations: {e}");
             format!("cannot persist the declaration: {e}")
         })
@@ -239,8 +239,9 @@ impl<R: Runtime> Controller<R> {
         spec: InstanceSpec,
         pattern: Arc<Pattern>,
     ) -> Result<(), Exhausted> {
-        let ports = self.ports.assign(pattern.health.port).inspect_err(|e| {
-            if !std::mem::replace(&mut self.ports_exhausted_logged, true) {
+        let ports = self.held.assign_ports(id, pattern.health.port);
+        let ports = ports.inspect_err(|e| {
+            if self.held.first_exhaustion() {
                 tracing::warn!(
                     "{id}: cannot start: {e} (--port-range); terminate instances or widen the range"
                 );

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::reconcile::PlanConfig;
 use crate::reconcile::observed::{Phase, Ports};
+use crate::runtime::CgroupWork;
 use crate::runtime::discover::{self, Found};
 use crate::runtime::fake::{Behaviour, Call, FakeRuntime, killed_by};
 use crate::sources::Catalog;
@@ -201,8 +202,9 @@ impl Sim {
             pids: pids.to_vec(),
             sig: Signal::SIGTERM,
         };
-        let kill = Call::KillCgroup {
+        let kill = Call::CgroupWork {
             process_id: process_id.to_string(),
+            work: CgroupWork::Kill,
         };
         let termed = self
             .until_call(&format!("SIGTERM to {pids:?}"), |c| *c == term)
@@ -524,5 +526,80 @@ async fn a_first_start_waits_until_what_runs_in_the_cgroup_is_gone() {
         started >= killed,
         "a second copy started beside the leftovers: {:?}",
         sim.fake.calls()
+    );
+}
+
+/// The calls about `id`'s cgroup and its starts, in order.
+fn cgroup_and_starts(calls: &[(Instant, Call)], id: &str) -> Vec<String> {
+    calls
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Call::Start { process_id, .. } if process_id == id => Some("start".to_string()),
+            Call::CgroupWork { process_id, work } if process_id == id => {
+                Some(format!("queue {work:?}"))
+            }
+            Call::CgroupDone { process_id, work } if process_id == id => {
+                Some(format!("done {work:?}"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relaunched_instance_starts_only_once_its_old_cgroup_is_removed() {
+    let healthy = Behaviour {
+        healthy_at_start: true,
+        ..Behaviour::default()
+    };
+    let sim = Sim::start(&["p"], healthy, |_| {});
+    let id = sim.launch("a").await;
+    sim.until_phase(&id, Phase::Running).await;
+    // The janitor is slow: the removal of the cgroup waits.
+    sim.fake.state().hold_cgroup_work = true;
+    sim.terminate(&id, Duration::from_secs(5)).await.unwrap();
+    sim.until("gone", |s| !s.instances.contains_key(&id)).await;
+    sim.launch("a").await;
+    // However long the removal takes, the new process does not start in
+    // the cgroup about to be removed.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(sim.starts(&id).len(), 1, "{:?}", sim.fake.calls());
+    sim.fake.state().hold_cgroup_work = false;
+    sim.fake.release_cgroup_work();
+    sim.until_phase(&id, Phase::Running).await;
+    assert_eq!(
+        cgroup_and_starts(&sim.fake.calls(), &id),
+        ["start", "queue Remove", "done Remove", "start"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_waits_until_what_the_last_process_left_behind_is_killed() {
+    let healthy = Behaviour {
+        healthy_at_start: true,
+        ..Behaviour::default()
+    };
+    let sim = Sim::start(&["p"], healthy, |_| {});
+    let id = sim.launch("a").await;
+    sim.until_phase(&id, Phase::Running).await;
+    // Its process forked a daemon (setsid) into its cgroup, then crashed.
+    sim.fake.state().orphans.insert(id.clone(), vec![9999]);
+    sim.fake.state().hold_cgroup_work = true;
+    sim.fake.exit(&id, killed_by(Signal::SIGSEGV));
+    sim.until_call("the leftovers' kill queued", |c| {
+        matches!(c, Call::CgroupWork { process_id, work: CgroupWork::Kill } if *process_id == id)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(sim.starts(&id).len(), 1, "restarted beside its leftovers");
+    // Its end is taken in once they are gone: until then it looks alive.
+    let first_pid = sim.starts(&id)[0].1;
+    assert_eq!(sim.status(&id).unwrap().pid, Some(first_pid));
+    sim.fake.state().hold_cgroup_work = false;
+    sim.fake.release_cgroup_work();
+    sim.until("restarted", |_| sim.starts(&id).len() == 2).await;
+    assert_eq!(
+        cgroup_and_starts(&sim.fake.calls(), &id),
+        ["start", "queue Kill", "done Kill", "start"]
     );
 }
