@@ -204,17 +204,38 @@ impl LinuxRuntime {
     /// Follows the instance's log from byte `from` and supervises its
     /// process.
     fn watch(&self, exit: Exit, req: StartRequest<'_>, from: u64) {
-        let id: Arc<str> = Arc::from(req.process_id);
-        self.echo.track(self.log(req.process_id), id.clone(), from);
-        tokio::spawn(supervise(
+        let target = probe_target(req.pattern, req.ports);
+        self.supervise(Watch {
             exit,
-            id,
-            req.epoch,
-            probe_target(req.pattern, req.ports),
+            process_id: Arc::from(req.process_id),
+            epoch: req.epoch,
+            target,
+            from,
+        });
+    }
+
+    /// Follows an instance's log and supervises its process.
+    fn supervise(&self, w: Watch) {
+        self.echo
+            .track(self.log(&w.process_id), w.process_id.clone(), w.from);
+        tokio::spawn(supervise(
+            w.exit,
+            w.process_id,
+            w.epoch,
+            w.target,
             self.client.clone(),
             self.events.clone(),
         ));
     }
+}
+
+/// A process to supervise, and where its output begins in its log.
+struct Watch {
+    exit: Exit,
+    process_id: Arc<str>,
+    epoch: u64,
+    target: ProbeTarget,
+    from: u64,
 }
 
 impl Runtime for LinuxRuntime {
@@ -237,27 +258,32 @@ impl Runtime for LinuxRuntime {
         };
         async move {
             // Every clone of the batch on one blocking thread: the loop's
-            // thread goes on serving meanwhile.
-            let done = tokio::task::spawn_blocking(move || {
+            // thread goes on serving meanwhile. Each process is supervised
+            // (probed) as soon as it runs, while the next ones start.
+            let (tx, mut started) = mpsc::unbounded_channel::<Watch>();
+            let batch = tokio::task::spawn_blocking(move || {
                 jobs.into_iter()
                     .map(|job| {
                         let (outcome, pidfd) = starter.start(&job);
-                        (job, outcome, pidfd)
+                        if let Some(fd) = pidfd {
+                            let _ = tx.send(Watch {
+                                exit: Exit::Child(fd),
+                                process_id: Arc::from(job.process_id.as_str()),
+                                epoch: job.epoch,
+                                target: probe_target(&job.pattern, job.ports),
+                                from: outcome.log_offset,
+                            });
+                        }
+                        (job, outcome)
                     })
                     .collect::<Vec<_>>()
-            })
-            .await;
+            });
+            while let Some(w) = started.recv().await {
+                self.supervise(w);
+            }
             // Only a runtime shutting down cancels it (a panic ends the
             // launcher): the jobs did not run.
-            let done = done.unwrap_or_default();
-            done.into_iter()
-                .map(|(job, outcome, pidfd)| {
-                    if let Some(fd) = pidfd {
-                        self.watch(Exit::Child(fd), job.request(), outcome.log_offset);
-                    }
-                    (job, outcome)
-                })
-                .collect()
+            batch.await.unwrap_or_default()
         }
     }
 
