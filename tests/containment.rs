@@ -797,6 +797,7 @@ fn keep_instances_on_exit_leaves_them_running_for_the_next_launcher() {
         .start();
     let namespaces: Vec<String> = ["stay-a", "stay-b", "stay-c"].map(String::from).to_vec();
     let pids = launch_all(&env, &namespaces, &[]);
+    env.wait_table_records(&pids.values().copied().collect::<Vec<_>>());
     cgroups.remember(&env.state_dir);
 
     let status = env.launcher().stop();

@@ -399,9 +399,8 @@ fn an_instance_is_not_started_beside_a_process_left_in_its_cgroup() {
         .start();
     let id = "ns:occupied:test-pattern";
     let old_pid = jint(&env.launch_running(PATTERN, "occupied", &[]), "pid");
-    let text = read_lossy(env.state_dir.join("processes.json"));
-    let table: Vec<Value> = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("processes.json is not a JSON array ({e}): {text}"));
+    let table = env.wait_table_records(&[old_pid]);
+    let text = format!("{table:?}");
     let cgroups: Vec<String> = table
         .iter()
         .find(|e| e["process_id"] == id)
