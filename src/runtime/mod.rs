@@ -4,8 +4,9 @@
 //! machine, and the controller's tests use a fake that only records.
 //!
 //! The modules below are the Linux implementation's parts: spawning and
-//! signals, supervisors (exit and probes), cgroups, ports, logs, the
-//! process table, and discovery of running instances.
+//! signals, supervisors (exit and probes), cgroups and their janitor
+//! thread, ports, logs, the process table and its writer thread, and
+//! discovery of running instances.
 
 pub mod cgroup;
 pub mod discover;
