@@ -19,7 +19,10 @@
 //!   is also the steady-state size;
 //! - `BENCH_RUNS`: runs of every scenario (default 3);
 //! - `BENCH_STEADY_SECS`: steady-state window (default 30);
-//! - `BENCH_KILLS`: kills (and renames, raw restarts) per run (default 20).
+//! - `BENCH_KILLS`: kills (and renames, raw restarts) per run (default 20);
+//! - `BENCH_LAUNCHER` and `BENCH_PATTERN` (both): run these executables
+//!   instead of building the current source (to compare two builds in one
+//!   sitting).
 //!
 //! With the defaults it takes about five minutes on a 2-core machine; do
 //! not run it while something else compiles. It starts everything on
@@ -48,7 +51,16 @@ fn main() {
         eprintln!("lifecycle: {e}");
         std::process::exit(2);
     });
-    let bins = build_release();
+    let bins = match (
+        std::env::var_os("BENCH_LAUNCHER"),
+        std::env::var_os("BENCH_PATTERN"),
+    ) {
+        (Some(l), Some(p)) => Bins {
+            launcher: l.into(),
+            pattern: p.into(),
+        },
+        _ => build_release(),
+    };
     let report = scenarios::run_all(&bins, &params);
     print!("{}", report.render());
     if !report.leftovers.is_empty() {

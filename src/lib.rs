@@ -61,7 +61,7 @@ use std::time::Duration;
 use crate::controller::{Command, Controller, ControllerConfig, Watchers};
 use crate::reconcile::PlanConfig;
 use crate::runtime::cgroup::Cgroups;
-use crate::sources::{Catalog, DiscoveryError};
+use crate::sources::DiscoveryError;
 
 /// The name of this launcher's parent cgroup: one per state directory, so
 /// that a restarted launcher finds its instances and two launchers with
@@ -363,12 +363,14 @@ impl Launcher {
             })?;
         }
         sources::state_file::make_private(&self.state_dir);
-        // Watch first, so that nothing changed during discovery is missed.
+        // Watch first, so that nothing changed during discovery is missed
+        // (the patterns watcher discovers once its watches are set).
+        let (found, patterns) = sources::watch_patterns(self.patterns_dir.clone(), self.rescan);
         let watchers = Watchers {
-            patterns: sources::watch_patterns(self.patterns_dir.clone(), self.rescan),
+            patterns,
             desired: sources::watch_desired(self.desired_dir.clone(), self.rescan),
         };
-        let (catalog, errors) = Catalog::discover(&self.patterns_dir);
+        let (catalog, errors) = (found.catalog, found.errors);
         for e in &errors {
             match e {
                 DiscoveryError::Duplicate { .. } => tracing::warn!("{e}"),

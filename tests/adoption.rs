@@ -165,6 +165,7 @@ fn after_a_launcher_crash_the_next_launcher_adopts_all_instances_and_still_notic
     );
     assert_eq!(pids.len(), 20);
     assert_eq!(count_lines(&spawn_log), 20);
+    env.wait_table_records(&pids.values().copied().collect::<Vec<_>>());
 
     let status = env.launcher().kill9();
     assert_eq!(
@@ -333,6 +334,7 @@ fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled() {
     let ghost = "ns:ghost:test-pattern";
     let reply = env.launch_running(PATTERN, "real", &[]);
     let real_pid = jint(&reply, "pid");
+    env.wait_table_records(&[real_pid]);
 
     env.launcher().kill9();
 
@@ -405,6 +407,7 @@ fn keep_instances_on_exit_leaves_them_running_for_the_next_launcher() {
         .start();
     let namespaces: Vec<String> = ["stay-a", "stay-b", "stay-c"].map(String::from).to_vec();
     let pids = launch_all(&env, &namespaces, &[]);
+    env.wait_table_records(&pids.values().copied().collect::<Vec<_>>());
     cgroups.remember(&env.state_dir);
 
     let status = env.launcher().stop();

@@ -262,8 +262,7 @@ fn a_truncated_process_table_still_adopts_every_instance_without_a_restart() {
     let pids: BTreeMap<String, i64> = pids.into_iter().map(|(k, v)| (k, i64::from(v))).collect();
     assert_eq!(pids, before);
     // The table is whole again, and private.
-    let text = read_lossy(&table);
-    let entries: Vec<Value> = serde_json::from_str(&text).expect("processes.json rewritten");
+    let entries = env.wait_table_records(&pids.values().copied().collect::<Vec<_>>());
     assert_eq!(entries.len(), 20);
     let mode = |p: &std::path::Path| fs::metadata(p).map(|m| m.permissions().mode() & 0o777).ok();
     assert_eq!(mode(&table), Some(0o600), "mode of processes.json");
@@ -286,6 +285,7 @@ fn a_table_entry_naming_a_process_outside_the_cgroup_is_not_adopted_nor_signalle
     let id = "ns:real:test-pattern";
     let reply = env.launch_running(PATTERN, "real", &[]);
     let real_pid = jint(&reply, "pid");
+    env.wait_table_records(&[real_pid]);
 
     env.launcher().kill9();
 
@@ -399,9 +399,8 @@ fn an_instance_is_not_started_beside_a_process_left_in_its_cgroup() {
         .start();
     let id = "ns:occupied:test-pattern";
     let old_pid = jint(&env.launch_running(PATTERN, "occupied", &[]), "pid");
-    let text = read_lossy(env.state_dir.join("processes.json"));
-    let table: Vec<Value> = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("processes.json is not a JSON array ({e}): {text}"));
+    let table = env.wait_table_records(&[old_pid]);
+    let text = format!("{table:?}");
     let cgroups: Vec<String> = table
         .iter()
         .find(|e| e["process_id"] == id)

@@ -206,6 +206,34 @@ fn a_state_directory_read_only_from_the_start_is_reported_and_recovers() {
     env.assert_one_process_per_instance();
 }
 
+#[test]
+fn a_process_table_that_cannot_be_written_is_reported_until_it_can() {
+    let env = TestEnv::start();
+    let a = env.launch_running("test-pattern", "a", &[]);
+    let (a_id, a_pid) = ("ns:a:test-pattern", jint(&a, "pid"));
+    let mut ro = ReadOnly::new(&env.state_dir);
+    // The table changes (the process is gone), and cannot be written.
+    signal(a_pid, Signal::SIGKILL);
+    assert!(
+        wait_until(WAIT, || problems(&health(&env))
+            .contains("cannot write the process table")),
+        "Health must say the table cannot be written: {}\n{}",
+        health(&env),
+        env.log_tail(30)
+    );
+    assert!(!jbool(&health(&env), "healthy"));
+    // Once it can, the writer's retry succeeds and the problem goes.
+    ro.release();
+    env.wait_restarted(a_id, a_pid);
+    assert!(
+        wait_until(WAIT, || jbool(&health(&env), "healthy")),
+        "Health stays unhealthy once the table can be written: {}",
+        health(&env)
+    );
+    let table = fs::read_to_string(env.state_dir.join("processes.json")).expect("the table");
+    assert!(table.contains(a_id), "{table}");
+}
+
 /// The pids cgroup directory of `pid` (cgroup v1 `pids` or v2).
 fn pids_cgroup(pid: i64) -> PathBuf {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/<pid>/cgroup");

@@ -101,12 +101,12 @@ impl<R: Runtime> Controller<R> {
         let mut restart = known.is_none();
         let mut spec = known.unwrap_or_else(|| discover::unknown_spec(key.clone(), grace));
         let given = f.ports.or_else(|| hint.as_ref().map(Entry::ports));
-        let ports = match given.filter(|p| self.ports.try_hold(*p)) {
+        let ports = match given.filter(|p| self.held.hold_ports(&id, *p)) {
             Some(p) => p,
             None => {
                 // Its ports are unknown or another instance's: it gets
                 // new ones through a restart.
-                match self.ports.assign(pattern.health.port) {
+                match self.held.assign_ports(&id, pattern.health.port) {
                     Ok(p) => {
                         restart = true;
                         spec = discover::unknown_spec(key, grace);
@@ -134,7 +134,7 @@ impl<R: Runtime> Controller<R> {
         };
         if let Err(e) = self.rt.adopt(&f, req) {
             tracing::warn!("{id}: {e}; not adopted");
-            self.ports.release(ports);
+            self.held.release_ports(&id);
             return false;
         }
         let mut o = ObservedInstance::new(spec, pattern.clone(), ports);
@@ -157,7 +157,8 @@ impl<R: Runtime> Controller<R> {
             format!("adopted pid {} from an earlier launcher", f.pid)
         };
         tracing::info!("{id}: {msg}");
-        self.log_offsets.insert(id.clone(), self.rt.log_len(&id));
+        let offset = self.rt.log_len(&id);
+        self.held.set_log_offset(&id, offset);
         self.touch(&id);
         self.observed.insert(id.clone(), o);
         self.emit(&id, crate::events::Reason::Adopted, msg);
@@ -165,7 +166,8 @@ impl<R: Runtime> Controller<R> {
         true
     }
 
-    /// Writes the process table when it changed.
+    /// Writes the process table when it changed (queued: the writer
+    /// reports failures as events).
     pub(super) fn save_table(&mut self) {
         if !std::mem::take(&mut self.table_dirty) {
             return;
@@ -186,27 +188,20 @@ impl<R: Runtime> Controller<R> {
                 })
             })
             .collect();
-        match self.rt.save_table(&entries) {
-            Ok(()) => self.problem("table", None),
-            Err(e) => {
-                self.problem(
-                    "table",
-                    Some(format!("cannot write the process table: {e}")),
-                );
-                self.table_dirty = true;
-            }
-        }
+        self.rt.save_table(entries);
     }
 
     /// Finds processes in this launcher's cgroups that no instance owns,
     /// and stops them: SIGTERM now, SIGKILL after the default grace period
-    /// (the decisions are [`Orphans`]').
+    /// (the decisions are [`orphans`]'). Cgroups with work queued are the
+    /// janitor's until it is done.
     pub(super) fn sweep_orphans(&mut self, now: Instant) {
         self.report_pids_limits();
         let views: Vec<CgroupView> = self
             .rt
             .cgroup_instances()
             .into_iter()
+            .filter(|id| !self.held.cgroup_busy(id))
             .map(|id| CgroupView {
                 owned: self.observed.get(&id).is_some_and(|o| o.process.is_some()),
                 observed: self.observed.contains_key(&id),
@@ -214,11 +209,24 @@ impl<R: Runtime> Controller<R> {
                 process_id: id,
             })
             .collect();
-        let actions = self.orphans.sweep(views, self.cfg.plan.default_grace, now);
+        let mut actions = Vec::new();
+        for view in views {
+            let id = view.process_id.clone();
+            let reaping = self.held.reaping(&id).is_some();
+            if let Some((action, r)) =
+                orphans::sweep(view, reaping, self.cfg.plan.default_grace, now)
+            {
+                if r.is_some() {
+                    self.held.set_reaping(&id, r);
+                }
+                actions.push(action);
+            }
+        }
         self.orphan_actions(actions);
     }
 
-    /// Carries out what [`Orphans`] decided.
+    /// Carries out what [`orphans`] decided (kills and removals by the
+    /// janitor; a kill is not queued twice).
     pub(super) fn orphan_actions(&mut self, actions: Vec<OrphanAction>) {
         for a in actions {
             match a {
@@ -232,19 +240,17 @@ impl<R: Runtime> Controller<R> {
                     self.orphan_event(&process_id, msg);
                 }
                 OrphanAction::Kill { process_id } => {
-                    let msg = format!(
-                        "orphan processes of {process_id} outlived the grace period: SIGKILL sent"
-                    );
-                    tracing::warn!("{msg}");
-                    self.rt.kill_cgroup(&process_id);
-                    self.orphan_event(&process_id, msg);
+                    if !self.held.cgroup_busy(&process_id) {
+                        let msg = format!(
+                            "orphan processes of {process_id} outlived the grace period: SIGKILL sent"
+                        );
+                        tracing::warn!("{msg}");
+                        self.cgroup_work(&process_id, CgroupWork::Kill);
+                        self.orphan_event(&process_id, msg);
+                    }
                 }
                 OrphanAction::Remove { process_id } => {
-                    if let Err(e) = self.rt.remove_cgroup(&process_id) {
-                        tracing::debug!("cannot remove the cgroup of {process_id}: {e}");
-                    } else {
-                        tracing::debug!("removed the empty cgroup of {process_id}");
-                    }
+                    self.cgroup_work(&process_id, CgroupWork::Remove);
                 }
             }
         }
@@ -279,9 +285,8 @@ impl<R: Runtime> Controller<R> {
     /// Stops the processes of `id`'s cgroup that no instance owns: SIGTERM
     /// now, SIGKILL after the default grace period.
     pub(super) fn reap(&mut self, id: String, pids: &[u32], now: Instant) {
-        let action = self
-            .orphans
-            .reap(&id, pids.to_vec(), self.cfg.plan.default_grace, now);
+        let (r, action) = orphans::reap(&id, pids.to_vec(), self.cfg.plan.default_grace, now);
+        self.held.set_reaping(&id, Some(r));
         self.orphan_actions(vec![action]);
     }
 
@@ -291,7 +296,7 @@ impl<R: Runtime> Controller<R> {
     /// our marker is adopted, anything else is stopped as an orphan. The
     /// start waits until they are gone.
     pub(super) fn still_running(&mut self, id: &str, now: Instant) -> bool {
-        if self.orphans.is_reaping(id) {
+        if self.held.reaping(id).is_some() {
             return true;
         }
         // Only before its first start: later, what runs in its cgroup is
@@ -309,8 +314,8 @@ impl<R: Runtime> Controller<R> {
         }
         if let Some(f) = self.rt.found_in_cgroup(id) {
             // Adopted, it takes the ports it runs with.
-            if let Some(reserved) = self.observed.remove(id) {
-                self.ports.release(reserved.ports);
+            if self.observed.remove(id).is_some() {
+                self.held.release_ports(id);
             }
             if self.adopt_one(f, None) {
                 return true;
@@ -321,17 +326,20 @@ impl<R: Runtime> Controller<R> {
     }
 
     pub(super) fn finish_reaping(&mut self, now: Instant) -> Option<Instant> {
-        let rt = &self.rt;
-        let observed = &self.observed;
-        let look = |id: &str| {
-            let owned = observed.get(id).is_some_and(|o| o.process.is_some());
-            (owned, !owned && rt.cgroup_pids(id).is_empty())
-        };
-        let (actions, wake) = self.orphans.progress(look, now);
-        for a in &actions {
-            if let OrphanAction::Remove { process_id } = a {
-                tracing::info!("orphan processes of {process_id} are gone");
+        let mut actions = Vec::new();
+        let mut wake: Option<Instant> = None;
+        for (id, r) in self.held.reapings() {
+            let owned = self.observed.get(&id).is_some_and(|o| o.process.is_some());
+            let empty = !owned && self.rt.cgroup_pids(&id).is_empty();
+            let p = orphans::progress(r, &id, owned, empty, now);
+            if !p.goes_on {
+                self.held.set_reaping(&id, None);
             }
+            if let Some(OrphanAction::Remove { .. }) = &p.action {
+                tracing::info!("orphan processes of {id} are gone");
+            }
+            actions.extend(p.action);
+            wake = wake.into_iter().chain(p.look_again).min();
         }
         self.orphan_actions(actions);
         wake

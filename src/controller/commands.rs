@@ -22,7 +22,7 @@ impl From<NotPersisted> for CommandError {
 }
 
 impl<R: Runtime> Controller<R> {
-    pub(super) fn command(&mut self, cmd: Command) {
+    pub(super) async fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Launch { params, reply } => {
                 let actor = params.actor.clone();
@@ -57,7 +57,7 @@ impl<R: Runtime> Controller<R> {
                 actor,
                 reply,
             } => {
-                let r = self.terminate(&process_id, grace, force, actor);
+                let r = self.terminate(&process_id, grace, force, actor).await;
                 let _ = reply.send(r);
             }
             Command::Describe { process_id, reply } => {
@@ -149,8 +149,8 @@ impl<R: Runtime> Controller<R> {
         let declared = match self.desired.declare(Source::Api, spec) {
             Ok(d) => d,
             Err(e) => {
-                if new && let Some(o) = self.observed.remove(&id) {
-                    self.ports.release(o.ports);
+                if new && self.observed.remove(&id).is_some() {
+                    self.held.release_ports(&id);
                 }
                 return Err(CommandError::FailedPrecondition(e.to_string()));
             }
@@ -189,12 +189,12 @@ impl<R: Runtime> Controller<R> {
     /// Persists the API declarations once for every launch taken in since
     /// the last pass, then answers them; when the write fails, their
     /// declarations are taken back (latest first) and they are refused.
-    pub(super) fn save_launches(&mut self) {
+    pub(super) async fn save_launches(&mut self) {
         if self.unsaved_launches.is_empty() {
             return;
         }
         let launches = std::mem::take(&mut self.unsaved_launches);
-        match self.persist_api() {
+        match self.persist_api().await {
             Ok(()) => {
                 for u in launches {
                     if let Some(previous) = &u.previous {
@@ -223,7 +223,7 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
-    pub(super) fn terminate(
+    pub(super) async fn terminate(
         &mut self,
         id: &str,
         grace: Option<Duration>,
@@ -246,7 +246,7 @@ impl<R: Runtime> Controller<R> {
             }
             let previous = d.spec_of(&Source::Api).cloned();
             self.desired.withdraw(&Source::Api, id);
-            if let Err(e) = self.persist_api() {
+            if let Err(e) = self.persist_api().await {
                 self.restore_api(id, previous);
                 return Err(e.into());
             }
@@ -286,9 +286,9 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
-    pub(super) fn persist_api(&mut self) -> Result<(), NotPersisted> {
+    pub(super) async fn persist_api(&mut self) -> Result<(), NotPersisted> {
         let specs = self.desired.declared_by(&Source::Api);
-        self.rt.save_api(&specs).map_err(|e| {
+        self.rt.save_api(specs).await.map_err(|e| {
             tracing::error!("cannot persist API declarations: {e}");
             NotPersisted(e)
         })
@@ -302,8 +302,9 @@ impl<R: Runtime> Controller<R> {
         spec: InstanceSpec,
         pattern: Arc<Pattern>,
     ) -> Result<(), Exhausted> {
-        let ports = self.ports.assign(pattern.health.port).inspect_err(|e| {
-            if !std::mem::replace(&mut self.ports_exhausted_logged, true) {
+        let ports = self.held.assign_ports(id, pattern.health.port);
+        let ports = ports.inspect_err(|e| {
+            if self.held.first_exhaustion() {
                 tracing::warn!(
                     "{id}: cannot start: {e} (--port-range); terminate instances or widen the range"
                 );

@@ -64,6 +64,15 @@ impl<R: Runtime> Controller<R> {
                 epoch,
                 status,
             } => self.exited(&process_id, epoch, status, now),
+            ProcEvent::CgroupDone { process_id } => {
+                if let Some((epoch, facts)) = self.held.work_done(&process_id) {
+                    self.take_exit(&process_id, epoch, facts, now);
+                }
+            }
+            ProcEvent::TableSaved { error } => self.problem(
+                "table",
+                error.map(|e| format!("cannot write the process table: {e}")),
+            ),
         }
     }
 
@@ -80,15 +89,29 @@ impl<R: Runtime> Controller<R> {
         else {
             return;
         };
-        let offset = self.log_offsets.get(id).copied().unwrap_or(0);
+        let offset = self.held.log_offset(id);
         let how = match status {
             Ok(s) => describe_exit(s),
             Err(e) => e.to_string(),
         };
         let facts = self.rt.ended(id, pid, how, offset);
-        let Some(o) = self.observed.get_mut(id) else {
+        // What it left behind in its cgroup (setsid, double fork) goes too:
+        // the exit is taken in once that is done (by the janitor).
+        if !self.rt.cgroup_pids(id).is_empty() {
+            tracing::info!("{id}: killing what its main process left behind");
+            self.cgroup_work(id, CgroupWork::Kill);
+            self.held.defer_exit(id, epoch, facts);
+            return;
+        }
+        self.take_exit(id, epoch, facts, now);
+    }
+
+    /// Takes in the end of `id`'s process of `epoch` (a transition).
+    pub(super) fn take_exit(&mut self, id: &str, epoch: u64, facts: ExitFacts, now: Instant) {
+        let Some(o) = Self::current(&mut self.observed, id, epoch) else {
             return;
         };
+        let pid = o.process.map_or(0, |p| p.pid);
         let Some(out) = transitions::exited(o, facts, now, rand::random::<f64>()) else {
             return;
         };
@@ -136,7 +159,7 @@ impl<R: Runtime> Controller<R> {
             Action::Spawn {
                 process_id,
                 reset_breaker,
-            } => self.spawn(&process_id, reset_breaker, now),
+            } => self.prepare_start(&process_id, reset_breaker, now),
             Action::Stop {
                 process_id,
                 reason,
@@ -154,6 +177,7 @@ impl<R: Runtime> Controller<R> {
                             p.pid
                         );
                         self.emit(&process_id, Reason::Killed, msg);
+                        self.cgroup_work(&process_id, CgroupWork::Kill);
                     }
                     self.touch(&process_id);
                 }
@@ -188,12 +212,8 @@ impl<R: Runtime> Controller<R> {
                         namespace: o.spec.key.namespace.clone(),
                         ..crate::events::NewEvent::general(Reason::Terminated, msg)
                     });
-                    self.ports.release(o.ports);
-                    self.ports_exhausted_logged = false;
-                    self.cgroup_limits.remove(&process_id);
-                    self.rt.forget(&process_id);
+                    self.forget_instance(&process_id);
                     self.table_dirty = true;
-                    self.log_offsets.remove(&process_id);
                     self.touch(&process_id);
                 }
             }
@@ -242,132 +262,6 @@ impl<R: Runtime> Controller<R> {
             )
         };
         self.emit(id, Reason::Terminating, msg);
-        self.touch(id);
-    }
-
-    pub(super) fn spawn(&mut self, id: &str, reset_breaker: bool, now: Instant) {
-        let Some(d) = self.desired.get(id) else {
-            return;
-        };
-        let spec = d.spec().clone();
-        let Some(pattern) = self.catalog.get(&spec.key.pattern).cloned() else {
-            return;
-        };
-        if self.still_running(id, now) {
-            return;
-        }
-        // Retried every pass while the port range is used up.
-        if !self.observed.contains_key(id)
-            && self.reserve(id, spec.clone(), pattern.clone()).is_err()
-        {
-            return;
-        }
-        let offset = self.rt.log_len(id);
-        let epoch = self.next_epoch;
-        self.next_epoch += 1;
-        let limits = Limits {
-            cpu: pattern.resources.cpu_limit,
-            memory: pattern.resources.memory_limit,
-            pids: Some(pattern.resources.pids),
-        };
-        let mut limits_text = self.rt.limits_text(&pattern);
-        let known = self.cgroup_limits.get(id) == Some(&limits);
-        let oom_before = match self.observed.get(id) {
-            // A restart: the cgroup is as this launcher left it, and its
-            // OOM-kill count was read when the last process exited.
-            Some(o) if known => o.oom_kills_before,
-            _ => match self.rt.prepare_cgroup(id, limits) {
-                Ok(new) => {
-                    self.cgroup_limits.insert(id.to_string(), limits);
-                    if new { 0 } else { self.rt.oom_kills(id) }
-                }
-                Err(e) => {
-                    tracing::error!("{id}: cannot set up its cgroup: {e}");
-                    limits_text = format!("NOT ENFORCED: cannot set up the cgroup: {e}");
-                    self.rt.oom_kills(id)
-                }
-            },
-        };
-        let refused = (!known).then(|| self.rt.pids_refused(id));
-        let Some(o) = self.observed.get_mut(id) else {
-            return;
-        };
-        let closed = reset_breaker && transitions::close_circuit(o);
-        if closed {
-            tracing::info!("{id}: declaration changed, circuit closed");
-        }
-        o.spec = spec;
-        o.pattern = pattern.clone();
-        o.oom_kills_before = oom_before;
-        if let Some(refused) = refused {
-            o.pids_refused_seen = refused;
-        }
-        let mut spawned = false;
-        let mut spawned_msg = None;
-        let mut failed_msg = None;
-        let mut launcher_problem = None;
-        let req = StartRequest {
-            process_id: id,
-            spec: &o.spec,
-            pattern: &pattern,
-            ports: o.ports,
-            epoch,
-        };
-        match self.cfg.metrics.time_spawn(|| self.rt.start(req)) {
-            Ok(child) => {
-                let pid = child.pid;
-                if !child.joined_cgroups {
-                    // Set the cgroup up again at the next start.
-                    self.cgroup_limits.remove(id);
-                }
-                o.limits = child.not_enforced.unwrap_or(limits_text);
-                spawned = true;
-                let msg = format!(
-                    "started pid {pid} (grpc port {}, health port {})",
-                    o.ports.grpc, o.ports.health
-                );
-                tracing::info!("{id}: {msg}");
-                spawned_msg = Some(msg);
-                let process = ProcessInfo {
-                    pid,
-                    epoch,
-                    started_at: now,
-                    start_time: child.start_time,
-                };
-                transitions::spawned(o, process);
-                self.log_offsets.insert(id.to_string(), offset);
-            }
-            Err(e) if e.is_launcher_side() => {
-                // The launcher's own trouble (its state directory, its
-                // descriptors) is not the instance's failure: retried with
-                // backoff, never counted towards the circuit breaker.
-                tracing::warn!("{id}: the launcher cannot start it: {e}");
-                let jitter = rand::random::<f64>();
-                transitions::spawn_failed(o, e.to_string(), SpawnFault::Launcher, now, jitter);
-                launcher_problem = Some(format!("cannot start instances: {e}"));
-                failed_msg = Some(format!("the launcher cannot start it: {e}"));
-            }
-            Err(e) => {
-                tracing::error!("{id}: {e}");
-                let jitter = rand::random::<f64>();
-                transitions::spawn_failed(o, e.to_string(), SpawnFault::Pattern, now, jitter);
-                failed_msg = Some(e.to_string());
-            }
-        }
-        if spawned || launcher_problem.is_some() {
-            self.problem("spawn", launcher_problem);
-        }
-        if closed {
-            let msg = "its declaration changed: the circuit is closed and it starts again";
-            self.emit(id, Reason::CircuitClosed, msg);
-        }
-        if let Some(msg) = spawned_msg {
-            self.emit(id, Reason::Spawned, msg);
-        }
-        if let Some(msg) = failed_msg {
-            self.emit(id, Reason::SpawnFailed, msg);
-        }
-        self.table_dirty = true;
         self.touch(id);
     }
 }

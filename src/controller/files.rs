@@ -2,7 +2,8 @@
 //! them in: a file's documents become declarations of its source (all or
 //! nothing), a reloaded catalog replaces the old one.
 //!
-//! It touches no file itself: watchers hand it what they read.
+//! It touches no file itself: watchers hand it what they read (the
+//! patterns watcher a whole catalog, loaded on its own thread).
 
 use super::*;
 use crate::events::Reason;
@@ -184,8 +185,11 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
-    pub(super) fn reload_catalog(&mut self) {
-        let (next, errors) = self.catalog.reload(&self.cfg.patterns_dir);
+    pub(super) fn reload_catalog(&mut self, reloaded: Reloaded) {
+        let Reloaded {
+            catalog: next,
+            errors,
+        } = reloaded;
         for p in next.iter() {
             let rolling = self.cfg.plan.rolling_restart;
             match self.catalog.get(&p.name) {

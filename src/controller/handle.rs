@@ -20,6 +20,7 @@ pub use super::steer::{Condition, DeclaredAt, Described};
 use crate::events::EventLog;
 use crate::reconcile::PlanConfig;
 use crate::sources::FileEvent;
+use crate::sources::catalog::watcher::Reloaded;
 use crate::spec::{InstanceSpec, Isolation};
 
 /// A LaunchPattern as the controller receives it.
@@ -194,8 +195,8 @@ impl ControllerHandle {
 pub struct Watchers {
     /// Desired-state file changes.
     pub desired: mpsc::UnboundedReceiver<FileEvent>,
-    /// "Look at the patterns directory again."
-    pub patterns: mpsc::UnboundedReceiver<()>,
+    /// The catalog loaded again after a change in the patterns directory.
+    pub patterns: mpsc::UnboundedReceiver<Reloaded>,
 }
 
 /// A controller could not be set up.

@@ -13,6 +13,8 @@
 //! - `commands.rs`: launch and terminate;
 //! - `files.rs`: desired files and catalog reloads;
 //! - `execute.rs`: process events in, planner actions out;
+//! - `start.rs`: starts, batched off the loop; cgroup work;
+//! - `held.rs`: each instance's runtime state (ports, limits, reaping);
 //! - `adopt.rs`: adoption, the orphan sweep, the process table;
 //! - `snapshot.rs`: the read-only view the API reads;
 //! - `sim_tests.rs`: the loop in simulated time against a fake runtime.
@@ -30,9 +32,11 @@ mod commands;
 mod execute;
 mod files;
 mod handle;
+mod held;
 #[cfg(test)]
 mod sim_tests;
 pub mod snapshot;
+mod start;
 mod steer;
 
 use handle::UnsavedLaunch;
@@ -43,22 +47,23 @@ pub use handle::{
 
 use crate::desired::{Declared, DesiredSet, Source};
 use crate::reconcile::observed::{ObservedInstance, Phase, ProcessInfo, StopReason, StopRequest};
-use crate::reconcile::orphans::{CgroupView, OrphanAction, Orphans};
-use crate::reconcile::transitions::{self, ExitKind, ProbeOutcome, SpawnFault};
+use crate::reconcile::orphans::{self, CgroupView, OrphanAction};
+use crate::reconcile::transitions::{self, ExitFacts, ExitKind, ProbeOutcome, SpawnFault};
 use crate::reconcile::{Action, Observed, plan};
 use crate::runtime::cgroup::Limits;
 use crate::runtime::discover;
 use crate::runtime::linux::LinuxRuntime;
-use crate::runtime::ports::PortAllocator;
 use crate::runtime::spawn::describe_exit;
 use crate::runtime::supervise::ProcEvent;
 use crate::runtime::table::Entry;
-use crate::runtime::{Runtime, StartRequest};
+use crate::runtime::{CgroupWork, Runtime, StartJob, StartRequest};
 use crate::sources::Catalog;
 use crate::sources::DesiredDoc;
 use crate::sources::FileEvent;
+use crate::sources::catalog::watcher::Reloaded;
 use crate::spec::yaml::YamlError;
 use crate::spec::{InstanceKey, InstanceSpec};
+use held::Held;
 use snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
 
 /// The loop runs at least this often, whatever happens.
@@ -85,26 +90,24 @@ pub struct Controller<R: Runtime = LinuxRuntime> {
     catalog: Catalog,
     desired: DesiredSet,
     observed: Observed,
-    ports: PortAllocator,
+    /// Each instance's runtime state: ports, cgroup limits written, log
+    /// offset, reaping, cgroup work queued.
+    held: Held,
+    /// The starts prepared in this pass, run together after its actions.
+    starts: Vec<StartJob>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::UnboundedReceiver<ProcEvent>,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     statuses: BTreeMap<String, Arc<InstanceStatus>>,
     dirty: BTreeSet<String>,
-    log_offsets: HashMap<String, u64>,
     heartbeat: Arc<AtomicU64>,
     started: Instant,
     next_epoch: u64,
     shutting_down: bool,
     table_dirty: bool,
-    /// The limits last written into each observed instance's cgroup: a
-    /// restart with the same limits leaves the cgroup as it is.
-    cgroup_limits: HashMap<String, Limits>,
     /// Launches answered once the API declarations are persisted, which
     /// happens once for all the launches a pass takes in.
     unsaved_launches: Vec<UnsavedLaunch>,
-    /// Orphaned cgroups sent SIGTERM, and when they get SIGKILL.
-    orphans: Orphans,
     next_sweep: Instant,
     /// The desired directory's first scan has been applied.
     synced: bool,
@@ -114,8 +117,6 @@ pub struct Controller<R: Runtime = LinuxRuntime> {
     problems: BTreeMap<&'static str, String>,
     problems_shown: Arc<Vec<String>>,
     problems_dirty: bool,
-    /// The port range's exhaustion was logged (once until a port is freed).
-    ports_exhausted_logged: bool,
     /// The process table an earlier launcher left, until adoption.
     recorded: Vec<Entry>,
     /// Events of this pass, appended to the log when it publishes.
@@ -163,7 +164,7 @@ impl<R: Runtime> Controller<R> {
             plan: cfg.plan,
             events: cfg.events.clone(),
         };
-        let ports = PortAllocator::new(cfg.port_range.clone(), rt.port_check());
+        let held = Held::new(cfg.port_range.clone(), rt.port_check());
         let recorded = rt.load_table();
         let c = Controller {
             rt,
@@ -177,28 +178,25 @@ impl<R: Runtime> Controller<R> {
             catalog,
             desired,
             observed: Observed::new(),
-            ports,
+            held,
+            starts: Vec::new(),
             commands,
             events,
             snapshot_tx,
             statuses: BTreeMap::new(),
             dirty: BTreeSet::new(),
-            log_offsets: HashMap::new(),
             heartbeat,
             started,
             next_epoch: 1,
             shutting_down: false,
             table_dirty: true,
-            cgroup_limits: HashMap::new(),
             unsaved_launches: Vec::new(),
-            orphans: Orphans::default(),
             next_sweep: started,
             synced: false,
             seq: 0,
             problems: BTreeMap::new(),
             problems_shown: Arc::new(Vec::new()),
             problems_dirty: false,
-            ports_exhausted_logged: false,
             recorded,
             pending_events: Vec::new(),
         };
@@ -211,13 +209,16 @@ impl<R: Runtime> Controller<R> {
     ///
     /// 1. **plan**: the pure planner over the whole desired set and
     ///    observed table ([`plan`]);
-    /// 2. **execute**: its actions, through the runtime ([`execute`]);
+    /// 2. **execute**: its actions, through the runtime ([`execute`]); the
+    ///    starts among them in one batch off the loop, awaited ([`start`]);
     /// 3. **orphans**: the sweep when due, and reaping ([`adopt`]);
-    /// 4. **persist**: the process table, when it changed;
+    /// 4. **persist**: the process table, when it changed (queued to a
+    ///    writer thread);
     /// 5. **publish**: a snapshot for the API;
     /// 6. **ingest**: wait for the next command, process event, file
     ///    event or timer, then take in everything queued (transitions),
-    ///    and persist the API declarations of the launches taken in.
+    ///    and persist the API declarations of the launches taken in (off
+    ///    the loop, awaited).
     pub async fn run(mut self) {
         let mut passes_in_a_row = 0u32;
         self.wait_for_sync().await;
@@ -232,6 +233,7 @@ impl<R: Runtime> Controller<R> {
             self.cfg.notifier.watchdog();
             if self.shutting_down && self.cfg.keep_instances_on_exit {
                 self.save_table();
+                self.rt.flush().await;
                 tracing::info!(
                     "leaving {} instances running for the next launcher",
                     self.observed
@@ -241,11 +243,12 @@ impl<R: Runtime> Controller<R> {
                 );
                 return;
             }
-            let (acted, wake_at) = self.plan_and_execute(now);
+            let (acted, wake_at) = self.plan_and_execute(now).await;
             let reap_at = self.orphans_phase(now);
             self.save_table();
             self.publish();
             if self.shutting_down && self.observed.is_empty() {
+                self.rt.flush().await;
                 self.rt.shutdown();
                 return;
             }
@@ -265,7 +268,7 @@ impl<R: Runtime> Controller<R> {
 
     /// Phases 1 and 2: plans, then carries the actions out. Returns whether
     /// anything was done, and when the planner wants to look again.
-    fn plan_and_execute(&mut self, now: Instant) -> (bool, Option<Instant>) {
+    async fn plan_and_execute(&mut self, now: Instant) -> (bool, Option<Instant>) {
         let _timer = self.cfg.metrics.reconcile_timer();
         let empty = DesiredSet::default();
         let desired = if self.shutting_down {
@@ -278,6 +281,7 @@ impl<R: Runtime> Controller<R> {
         for action in p.actions {
             self.execute(action, now);
         }
+        self.run_starts(now).await;
         (acted, p.wake_at)
     }
 
@@ -300,12 +304,12 @@ impl<R: Runtime> Controller<R> {
     async fn ingest(&mut self, wake: Instant) {
         tokio::select! {
             cmd = self.commands.recv() => match cmd {
-                Some(cmd) => self.command(cmd),
+                Some(cmd) => self.command(cmd).await,
                 None => self.shutting_down = true,
             },
             Some(ev) = self.events.recv() => self.event(ev),
             Some(ev) = self.watchers.desired.recv() => self.file_event(ev),
-            Some(()) = self.watchers.patterns.recv() => self.reload_catalog(),
+            Some(r) = self.watchers.patterns.recv() => self.reload_catalog(r),
             () = tokio::time::sleep_until(wake.into()) => {}
         }
         for _ in 0..BATCH {
@@ -314,13 +318,17 @@ impl<R: Runtime> Controller<R> {
                 Err(_) => break,
             }
         }
-        if self.watchers.patterns.try_recv().is_ok() {
-            while self.watchers.patterns.try_recv().is_ok() {}
-            self.reload_catalog();
+        // Each reload is a whole catalog: the latest is all that counts.
+        let mut latest = None;
+        while let Ok(r) = self.watchers.patterns.try_recv() {
+            latest = Some(r);
+        }
+        if let Some(r) = latest {
+            self.reload_catalog(r);
         }
         for _ in 0..BATCH {
             match self.commands.try_recv() {
-                Ok(cmd) => self.command(cmd),
+                Ok(cmd) => self.command(cmd).await,
                 Err(_) => break,
             }
         }
@@ -330,7 +338,7 @@ impl<R: Runtime> Controller<R> {
                 Err(_) => break,
             }
         }
-        self.save_launches();
+        self.save_launches().await;
     }
 
     /// Applies the desired directory's first scan before anything is

@@ -3,11 +3,16 @@
 //! by an instance's process that escaped its group) get SIGTERM, SIGKILL at
 //! the end of the grace period, and their cgroup is removed once empty.
 //!
-//! Pure: it is handed what the cgroups hold now and returns what to do;
-//! the controller reads the cgroups and sends the signals.
+//! Pure: it is handed how one cgroup looks now (and its [`Reaping`], which
+//! the controller keeps with the rest of the instance's runtime state) and
+//! returns what to do; the controller reads the cgroups and sends the
+//! signals.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// How soon a cgroup whose orphans were sent SIGKILL is looked at again
+/// while they die.
+pub const RELOOK: Duration = Duration::from_millis(10);
 
 /// One instance cgroup as the sweep sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,90 +50,100 @@ pub enum OrphanAction {
     },
 }
 
-/// Cgroups being reaped, with the end of their grace period.
-#[derive(Debug, Clone, Default)]
-pub struct Orphans {
-    reaping: BTreeMap<String, Instant>,
+/// The orphans of one cgroup being stopped: they got SIGTERM, and get
+/// SIGKILL at `kill_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaping {
+    /// The end of their grace period.
+    pub kill_at: Instant,
 }
 
-impl Orphans {
-    /// True while the orphans of `process_id` are being stopped: a new
-    /// process of it must wait, or it would run beside them.
-    pub fn is_reaping(&self, process_id: &str) -> bool {
-        self.reaping.contains_key(process_id)
-    }
-
-    /// Starts reaping `pids` of `process_id`'s cgroup.
-    pub fn reap(
-        &mut self,
-        process_id: &str,
-        pids: Vec<u32>,
-        grace: Duration,
-        now: Instant,
-    ) -> OrphanAction {
-        let deadline = now.checked_add(grace).unwrap_or(now);
-        self.reaping.insert(process_id.to_string(), deadline);
+/// Starts reaping `pids` of `process_id`'s cgroup.
+pub fn reap(
+    process_id: &str,
+    pids: Vec<u32>,
+    grace: Duration,
+    now: Instant,
+) -> (Reaping, OrphanAction) {
+    let kill_at = now.checked_add(grace).unwrap_or(now);
+    (
+        Reaping { kill_at },
         OrphanAction::Terminate {
             process_id: process_id.to_string(),
             pids,
-        }
-    }
+        },
+    )
+}
 
-    /// A sweep over every instance cgroup: the unowned ones with processes
-    /// start being reaped; the empty ones nobody uses are removed.
-    pub fn sweep(
-        &mut self,
-        cgroups: impl IntoIterator<Item = CgroupView>,
-        grace: Duration,
-        now: Instant,
-    ) -> Vec<OrphanAction> {
-        let mut actions = Vec::new();
-        for c in cgroups {
-            if c.owned || self.is_reaping(&c.process_id) {
-                continue;
-            }
-            if c.pids.is_empty() {
-                if !c.observed {
-                    actions.push(OrphanAction::Remove {
-                        process_id: c.process_id,
-                    });
-                }
-                continue;
-            }
-            actions.push(self.reap(&c.process_id, c.pids, grace, now));
-        }
-        actions
+/// What a sweep does with one instance cgroup (`reaping`: its orphans are
+/// being stopped already): unowned processes start being reaped (the
+/// reaping is returned); an empty cgroup nobody uses is removed.
+pub fn sweep(
+    c: CgroupView,
+    reaping: bool,
+    grace: Duration,
+    now: Instant,
+) -> Option<(OrphanAction, Option<Reaping>)> {
+    if c.owned || reaping {
+        return None;
     }
+    if c.pids.is_empty() {
+        return (!c.observed).then_some((
+            OrphanAction::Remove {
+                process_id: c.process_id,
+            },
+            None,
+        ));
+    }
+    let (r, action) = reap(&c.process_id, c.pids, grace, now);
+    Some((action, Some(r)))
+}
 
-    /// Moves every reaping on, given how each cgroup looks now (`owned`:
-    /// an instance owns a process there now; `empty`: no process is left).
-    /// Returns what to do and when to look again at the latest.
-    pub fn progress(
-        &mut self,
-        look: impl Fn(&str) -> (bool, bool),
-        now: Instant,
-    ) -> (Vec<OrphanAction>, Option<Instant>) {
-        let mut actions = Vec::new();
-        self.reaping.retain(|id, deadline| {
-            let (owned, empty) = look(id);
-            // Never kill what an instance owns now.
-            if owned {
-                return false;
-            }
-            if empty {
-                actions.push(OrphanAction::Remove {
-                    process_id: id.clone(),
-                });
-                return false;
-            }
-            if now >= *deadline {
-                actions.push(OrphanAction::Kill {
-                    process_id: id.clone(),
-                });
-            }
-            true
-        });
-        (actions, self.reaping.values().min().copied())
+/// Where a reaping stands after a look at its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// What to do now.
+    pub action: Option<OrphanAction>,
+    /// The reaping goes on.
+    pub goes_on: bool,
+    /// When to look again at the latest (while it goes on).
+    pub look_again: Option<Instant>,
+}
+
+/// Moves the reaping in `process_id`'s cgroup on, given how the cgroup
+/// looks now (`owned`: an instance owns a process there now; `empty`: no
+/// process is left).
+pub fn progress(r: Reaping, process_id: &str, owned: bool, empty: bool, now: Instant) -> Progress {
+    // Never kill what an instance owns now.
+    if owned {
+        return Progress {
+            action: None,
+            goes_on: false,
+            look_again: None,
+        };
+    }
+    if empty {
+        return Progress {
+            action: Some(OrphanAction::Remove {
+                process_id: process_id.to_string(),
+            }),
+            goes_on: false,
+            look_again: None,
+        };
+    }
+    if now >= r.kill_at {
+        return Progress {
+            action: Some(OrphanAction::Kill {
+                process_id: process_id.to_string(),
+            }),
+            goes_on: true,
+            look_again: Some(now + RELOOK),
+        };
+    }
+    Progress {
+        action: None,
+        goes_on: true,
+        look_again: Some(r.kill_at),
     }
 }
 
@@ -149,72 +164,77 @@ mod tests {
 
     #[test]
     fn the_sweep_reaps_only_unowned_processes_and_removes_unused_empty_cgroups() {
-        let mut o = Orphans::default();
         let now = Instant::now();
-        let actions = o.sweep(
-            [
-                view("ns:owned:p", true, true, &[10]),
-                view("ns:orphan:p", false, false, &[11, 12]),
-                view("ns:empty:p", false, false, &[]),
-                view("ns:waiting:p", false, true, &[]),
-            ],
-            GRACE,
-            now,
-        );
+        let sweep = |v: CgroupView, reaping: bool| sweep(v, reaping, GRACE, now);
+        assert_eq!(sweep(view("ns:owned:p", true, true, &[10]), false), None);
         assert_eq!(
-            actions,
-            vec![
+            sweep(view("ns:orphan:p", false, false, &[11, 12]), false),
+            Some((
                 OrphanAction::Terminate {
                     process_id: "ns:orphan:p".into(),
                     pids: vec![11, 12]
                 },
+                Some(Reaping {
+                    kill_at: now + GRACE
+                })
+            ))
+        );
+        assert_eq!(
+            sweep(view("ns:empty:p", false, false, &[]), false),
+            Some((
                 OrphanAction::Remove {
                     process_id: "ns:empty:p".into()
                 },
-            ]
+                None
+            ))
         );
-        assert!(o.is_reaping("ns:orphan:p"));
-        // A second sweep does not signal it again.
-        assert!(
-            o.sweep([view("ns:orphan:p", false, false, &[11])], GRACE, now)
-                .is_empty()
-        );
+        assert_eq!(sweep(view("ns:waiting:p", false, true, &[]), false), None);
+        // A sweep during the reaping does not signal it again.
+        assert_eq!(sweep(view("ns:orphan:p", false, false, &[11]), true), None);
     }
 
     #[test]
     fn reaping_kills_at_the_deadline_and_ends_when_the_cgroup_is_empty() {
-        let mut o = Orphans::default();
         let t0 = Instant::now();
-        o.reap("ns:x:p", vec![5], GRACE, t0);
-        let busy = |_: &str| (false, false);
-        let (actions, wake) = o.progress(busy, t0 + Duration::from_secs(1));
-        assert!(actions.is_empty());
-        assert_eq!(wake, Some(t0 + GRACE));
-        let (actions, _) = o.progress(busy, t0 + GRACE);
+        let (r, _) = reap("ns:x:p", vec![5], GRACE, t0);
+        let busy = |now| progress(r, "ns:x:p", false, false, now);
         assert_eq!(
-            actions,
-            vec![OrphanAction::Kill {
-                process_id: "ns:x:p".into()
-            }]
+            busy(t0 + Duration::from_secs(1)),
+            Progress {
+                action: None,
+                goes_on: true,
+                look_again: Some(t0 + GRACE)
+            }
         );
-        let (actions, wake) = o.progress(|_| (false, true), t0 + GRACE);
+        // At the deadline, SIGKILL; then a look soon, while they die.
         assert_eq!(
-            actions,
-            vec![OrphanAction::Remove {
-                process_id: "ns:x:p".into()
-            }]
+            busy(t0 + GRACE),
+            Progress {
+                action: Some(OrphanAction::Kill {
+                    process_id: "ns:x:p".into()
+                }),
+                goes_on: true,
+                look_again: Some(t0 + GRACE + RELOOK)
+            }
         );
-        assert_eq!(wake, None);
-        assert!(!o.is_reaping("ns:x:p"));
+        assert_eq!(
+            progress(r, "ns:x:p", false, true, t0 + GRACE),
+            Progress {
+                action: Some(OrphanAction::Remove {
+                    process_id: "ns:x:p".into()
+                }),
+                goes_on: false,
+                look_again: None
+            }
+        );
     }
 
     #[test]
     fn what_an_instance_owns_again_is_never_killed() {
-        let mut o = Orphans::default();
         let t0 = Instant::now();
-        o.reap("ns:x:p", vec![5], GRACE, t0);
-        let (actions, wake) = o.progress(|_| (true, false), t0 + GRACE * 2);
-        assert!(actions.is_empty());
-        assert_eq!(wake, None);
+        let (r, _) = reap("ns:x:p", vec![5], GRACE, t0);
+        let p = progress(r, "ns:x:p", true, false, t0 + GRACE * 2);
+        assert_eq!(p.action, None);
+        assert!(!p.goes_on);
     }
 }

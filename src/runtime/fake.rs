@@ -2,9 +2,11 @@
 //! touched. It hands out pids, records every request with the (paused)
 //! tokio time it came at, and plays the processes: each "process" reacts to
 //! signals and may crash at start as its behaviour says, reporting through
-//! the same event channel the real supervisors use.
+//! the same event channel the real supervisors use. Cgroup work is done at
+//! once, or held until the test releases it ([`FakeState::hold_cgroup_work`]).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -14,12 +16,11 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
-use super::cgroup::{CgroupError, Limits};
 use super::discover::Found;
-use super::spawn::SpawnError;
+use super::janitor::CgroupWork;
 use super::supervise::ProcEvent;
 use super::table::Entry;
-use super::{AdoptError, ExecutableError, Runtime, StartRequest, Started};
+use super::{AdoptError, ExecutableError, Runtime, StartJob, StartOutcome, StartRequest, Started};
 use crate::reconcile::transitions::ExitFacts;
 use crate::sources::state_file::StateFileError;
 use crate::spec::InstanceSpec;
@@ -69,10 +70,19 @@ pub enum Call {
         /// The signal.
         sig: Signal,
     },
-    /// SIGKILL to a cgroup (orphans).
-    KillCgroup {
+    /// Cgroup work queued.
+    CgroupWork {
         /// Instance.
         process_id: String,
+        /// What.
+        work: CgroupWork,
+    },
+    /// Cgroup work done (reported to the controller).
+    CgroupDone {
+        /// Instance.
+        process_id: String,
+        /// What.
+        work: CgroupWork,
     },
     /// A process taken over from an earlier launcher.
     Adopt {
@@ -98,6 +108,13 @@ pub struct FakeState {
     pub found: Vec<Found>,
     /// The stored API declarations.
     pub api: Vec<InstanceSpec>,
+    /// The process table last written.
+    pub table: Vec<Entry>,
+    /// Cgroup work waits for [`FakeRuntime::release_cgroup_work`] instead
+    /// of being done at once.
+    pub hold_cgroup_work: bool,
+    /// Cgroup work held, in the order queued.
+    pub held_work: Vec<(String, CgroupWork)>,
     next_pid: u32,
 }
 
@@ -163,6 +180,57 @@ impl FakeRuntime {
         self.state().calls.push((now, call));
     }
 
+    /// Does the cgroup work held so far, in order, reporting each.
+    pub fn release_cgroup_work(&self) {
+        let held = std::mem::take(&mut self.state().held_work);
+        for (id, work) in held {
+            self.cgroup_done(&id, work);
+        }
+    }
+
+    fn cgroup_done(&self, process_id: &str, work: CgroupWork) {
+        // Killing or removing a cgroup ends the orphans in it.
+        self.state().orphans.remove(process_id);
+        self.record(Call::CgroupDone {
+            process_id: process_id.to_string(),
+            work,
+        });
+        let _ = self.events.send(ProcEvent::CgroupDone {
+            process_id: Arc::from(process_id),
+        });
+    }
+
+    fn start(&self, req: StartRequest<'_>) -> Started {
+        let (pid, behaviour) = {
+            let mut st = self.state();
+            st.next_pid += 1;
+            let pid = st.next_pid;
+            let b = st
+                .behaviour
+                .get(&req.pattern.name)
+                .copied()
+                .unwrap_or_default();
+            st.running
+                .insert(req.process_id.to_string(), (pid, req.epoch, b));
+            (pid, b)
+        };
+        self.record(Call::Start {
+            process_id: req.process_id.to_string(),
+            pid,
+        });
+        if behaviour.crash_at_start {
+            self.exit(req.process_id, exit_code(1));
+        } else if behaviour.healthy_at_start {
+            self.probe(req.process_id, true);
+        }
+        Started {
+            pid,
+            start_time: u64::from(pid),
+            joined_cgroups: true,
+            not_enforced: None,
+        }
+    }
+
     fn report_exit(&self, process_id: &str, epoch: u64, status: ExitStatus) {
         let _ = self.events.send(ProcEvent::Exited {
             process_id: Arc::from(process_id),
@@ -195,39 +263,26 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    fn prepare_cgroup(&mut self, _process_id: &str, _limits: Limits) -> Result<bool, CgroupError> {
-        Ok(true)
-    }
-
-    fn start(&mut self, req: StartRequest<'_>) -> Result<Started, SpawnError> {
-        let (pid, behaviour) = {
-            let mut st = self.state();
-            st.next_pid += 1;
-            let pid = st.next_pid;
-            let b = st
-                .behaviour
-                .get(&req.pattern.name)
-                .copied()
-                .unwrap_or_default();
-            st.running
-                .insert(req.process_id.to_string(), (pid, req.epoch, b));
-            (pid, b)
-        };
-        self.record(Call::Start {
-            process_id: req.process_id.to_string(),
-            pid,
-        });
-        if behaviour.crash_at_start {
-            self.exit(req.process_id, exit_code(1));
-        } else if behaviour.healthy_at_start {
-            self.probe(req.process_id, true);
-        }
-        Ok(Started {
-            pid,
-            start_time: u64::from(pid),
-            joined_cgroups: true,
-            not_enforced: None,
-        })
+    fn start_batch(
+        &mut self,
+        jobs: Vec<StartJob>,
+    ) -> impl Future<Output = Vec<(StartJob, StartOutcome)>> + Send {
+        let done: Vec<(StartJob, StartOutcome)> = jobs
+            .into_iter()
+            .map(|job| {
+                let started = self.start(job.request());
+                let outcome = StartOutcome {
+                    cgroup: job.limits.map(|_| Ok(true)),
+                    oom_kills: 0,
+                    pids_refused: 0,
+                    log_offset: 0,
+                    started: Ok(started),
+                    took: std::time::Duration::ZERO,
+                };
+                (job, outcome)
+            })
+            .collect();
+        std::future::ready(done)
     }
 
     fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), AdoptError> {
@@ -329,15 +384,21 @@ impl Runtime for FakeRuntime {
         });
     }
 
-    fn kill_cgroup(&mut self, process_id: &str) {
-        self.record(Call::KillCgroup {
+    fn cgroup_work(&mut self, process_id: &str, work: CgroupWork) {
+        self.record(Call::CgroupWork {
             process_id: process_id.to_string(),
+            work,
         });
-        self.state().orphans.remove(process_id);
-    }
-
-    fn remove_cgroup(&mut self, _process_id: &str) -> Result<(), CgroupError> {
-        Ok(())
+        let held = {
+            let mut st = self.state();
+            if st.hold_cgroup_work {
+                st.held_work.push((process_id.to_string(), work));
+            }
+            st.hold_cgroup_work
+        };
+        if !held {
+            self.cgroup_done(process_id, work);
+        }
     }
 
     fn discover(&mut self) -> Vec<Found> {
@@ -348,21 +409,28 @@ impl Runtime for FakeRuntime {
         None
     }
 
-    fn save_table(&mut self, _entries: &[Entry]) -> Result<(), StateFileError> {
-        Ok(())
+    fn save_table(&mut self, entries: Vec<Entry>) {
+        self.state().table = entries;
     }
 
     fn load_table(&mut self) -> Vec<Entry> {
         Vec::new()
     }
 
-    fn save_api(&mut self, specs: &[InstanceSpec]) -> Result<(), StateFileError> {
-        self.state().api = specs.to_vec();
-        Ok(())
+    fn save_api(
+        &mut self,
+        specs: Vec<InstanceSpec>,
+    ) -> impl Future<Output = Result<(), StateFileError>> + Send + 'static {
+        self.state().api = specs;
+        std::future::ready(Ok(()))
     }
 
     fn load_api(&mut self) -> Result<Vec<InstanceSpec>, StateFileError> {
         Ok(self.state().api.clone())
+    }
+
+    fn flush(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::ready(())
     }
 
     fn shutdown(&mut self) {}

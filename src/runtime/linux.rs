@@ -3,21 +3,30 @@
 //! cgroups, per-instance log files echoed into the launcher's log, and the
 //! state files under `--state-dir`.
 //!
+//! What waits runs off the async threads: batches of starts (cgroup
+//! set-up, clone, exec) and API-store writes on tokio's blocking pool,
+//! process-table writes on a writer thread ([`LatestWriter`]), cgroup kills
+//! and removals on the [`Janitor`]'s thread.
+//!
 //! It carries requests out; it decides nothing about when.
 
+use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
-use super::cgroup::{CgroupError, Cgroups, Limits};
+use super::cgroup::Cgroups;
 use super::discover::{self, Found};
+use super::janitor::{CgroupWork, Janitor};
 use super::logs::{self, LogEcho};
-use super::spawn::{self, SpawnError, signal_group};
+use super::spawn::{self, signal_group};
 use super::supervise::{Exit, ProbeTarget, ProcEvent, supervise};
 use super::table::{self, Entry, ProcessTable};
-use super::{AdoptError, ExecutableError, Runtime, StartRequest, Started};
+use super::writer::{self, LatestWriter};
+use super::{AdoptError, ExecutableError, Runtime, StartJob, StartOutcome, StartRequest, Started};
 use crate::reconcile::observed::Ports;
 use crate::reconcile::transitions::ExitFacts;
 use crate::sources::ApiStore;
@@ -51,6 +60,77 @@ pub enum LinuxSetupError {
     /// The HTTP client for probes cannot be built.
     #[error("cannot build the probe client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The process table's writer thread cannot be started.
+    #[error("cannot start the process table's writer: {0}")]
+    Writer(std::io::Error),
+}
+
+/// What a batch of starts needs away from the runtime.
+struct Starter {
+    cgroups: Cgroups,
+    logs_dir: PathBuf,
+    launcher_id: String,
+}
+
+impl Starter {
+    /// Sets up the job's cgroup when asked, then starts its process; the
+    /// process's pidfd comes back for its supervisor.
+    fn start(&self, job: &StartJob) -> (StartOutcome, Option<OwnedFd>) {
+        let id = job.process_id.as_str();
+        let began = std::time::Instant::now();
+        let cgroup = job.limits.map(|l| self.cgroups.create(id, l));
+        let (oom_kills, pids_refused) = if cgroup.is_some() {
+            (self.cgroups.oom_kills(id), self.cgroups.pids_refused(id))
+        } else {
+            (0, 0)
+        };
+        let log = logs::log_path(&self.logs_dir, id);
+        // Its output is echoed from here: what it writes before the echo
+        // thread hears of it is not lost.
+        let log_offset = logs::log_len(&log);
+        let procs = self.cgroups.procs_files(id);
+        let spawned = spawn::spawn(
+            id,
+            &job.spec,
+            &job.pattern,
+            job.ports,
+            &log,
+            &procs,
+            &self.launcher_id,
+        );
+        let (started, pidfd) = match spawned {
+            Ok(child) => {
+                let pid = child.pid;
+                // The child joined its cgroups before exec; when one of its
+                // writes failed, move it from here (which says why).
+                let not_enforced = if child.joined_cgroups {
+                    None
+                } else {
+                    self.cgroups.add(id, pid).err().map(|e| {
+                        tracing::error!("{id}: cannot move pid {pid} into its cgroup: {e}");
+                        format!("NOT ENFORCED: cannot move the process into its cgroup: {e}")
+                    })
+                };
+                let started = Started {
+                    pid,
+                    start_time: table::start_time(pid).unwrap_or(0),
+                    joined_cgroups: child.joined_cgroups,
+                    not_enforced,
+                };
+                (Ok(started), Some(child.pidfd))
+            }
+            Err(e) => (Err(e), None),
+        };
+        let outcome = StartOutcome {
+            cgroup,
+            oom_kills,
+            pids_refused,
+            log_offset,
+            started,
+            took: began.elapsed(),
+        };
+        (outcome, pidfd)
+    }
 }
 
 /// The Linux runtime.
@@ -62,6 +142,8 @@ pub struct LinuxRuntime {
     client: reqwest::Client,
     events: mpsc::UnboundedSender<ProcEvent>,
     table: ProcessTable,
+    table_writer: LatestWriter<Vec<Entry>>,
+    janitor: Janitor,
     api_store: ApiStore,
 }
 
@@ -93,14 +175,27 @@ impl LinuxRuntime {
             .no_proxy()
             .pool_max_idle_per_host(0)
             .build()?;
+        let table = ProcessTable::new(state_dir);
+        let (file, failures) = (table.clone(), events.clone());
+        let table_writer = LatestWriter::start(
+            "table-writer",
+            writer::RETRY,
+            move |entries: &Vec<Entry>| file.save(entries),
+            move |error| {
+                let _ = failures.send(ProcEvent::TableSaved { error });
+            },
+        )
+        .map_err(LinuxSetupError::Writer)?;
         Ok(LinuxRuntime {
+            janitor: Janitor::start(cgroups.clone(), events.clone()),
             cgroups,
             launcher_id,
             echo: LogEcho::start(&logs_dir, log_max_bytes, log_keep),
             logs_dir,
             client,
             events,
-            table: ProcessTable::new(state_dir),
+            table,
+            table_writer,
             api_store: ApiStore::new(state_dir),
         })
     }
@@ -117,17 +212,38 @@ impl LinuxRuntime {
     /// Follows the instance's log from byte `from` and supervises its
     /// process.
     fn watch(&self, exit: Exit, req: StartRequest<'_>, from: u64) {
-        let id: Arc<str> = Arc::from(req.process_id);
-        self.echo.track(self.log(req.process_id), id.clone(), from);
-        tokio::spawn(supervise(
+        let target = probe_target(req.pattern, req.ports);
+        self.supervise(Watch {
             exit,
-            id,
-            req.epoch,
-            probe_target(req.pattern, req.ports),
+            process_id: Arc::from(req.process_id),
+            epoch: req.epoch,
+            target,
+            from,
+        });
+    }
+
+    /// Follows an instance's log and supervises its process.
+    fn supervise(&self, w: Watch) {
+        self.echo
+            .track(self.log(&w.process_id), w.process_id.clone(), w.from);
+        tokio::spawn(supervise(
+            w.exit,
+            w.process_id,
+            w.epoch,
+            w.target,
             self.client.clone(),
             self.events.clone(),
         ));
     }
+}
+
+/// A process to supervise, and where its output begins in its log.
+struct Watch {
+    exit: Exit,
+    process_id: Arc<str>,
+    epoch: u64,
+    target: ProbeTarget,
+    from: u64,
 }
 
 impl Runtime for LinuxRuntime {
@@ -139,45 +255,44 @@ impl Runtime for LinuxRuntime {
         spawn::check_executable(path)
     }
 
-    fn prepare_cgroup(&mut self, process_id: &str, limits: Limits) -> Result<bool, CgroupError> {
-        self.cgroups.create(process_id, limits)
-    }
-
-    fn start(&mut self, req: StartRequest<'_>) -> Result<Started, SpawnError> {
-        let id = req.process_id;
-        let procs = self.cgroups.procs_files(id);
-        let log = self.log(id);
-        // Its output is echoed from here: what it writes before the echo
-        // thread hears of it is not lost.
-        let from = logs::log_len(&log);
-        let child = spawn::spawn(
-            id,
-            req.spec,
-            req.pattern,
-            req.ports,
-            &log,
-            &procs,
-            &self.launcher_id,
-        )?;
-        let pid = child.pid;
-        // The child joined its cgroups before exec; when one of its writes
-        // failed, move it from here (which says why).
-        let not_enforced = if child.joined_cgroups {
-            None
-        } else {
-            self.cgroups.add(id, pid).err().map(|e| {
-                tracing::error!("{id}: cannot move pid {pid} into its cgroup: {e}");
-                format!("NOT ENFORCED: cannot move the process into its cgroup: {e}")
-            })
+    fn start_batch(
+        &mut self,
+        jobs: Vec<StartJob>,
+    ) -> impl Future<Output = Vec<(StartJob, StartOutcome)>> + Send {
+        let starter = Starter {
+            cgroups: self.cgroups.clone(),
+            logs_dir: self.logs_dir.clone(),
+            launcher_id: self.launcher_id.clone(),
         };
-        let started = Started {
-            pid,
-            start_time: table::start_time(pid).unwrap_or(0),
-            joined_cgroups: child.joined_cgroups,
-            not_enforced,
-        };
-        self.watch(Exit::Child(child.pidfd), req, from);
-        Ok(started)
+        async move {
+            // Every clone of the batch on one blocking thread: the loop's
+            // thread goes on serving meanwhile. Each process is supervised
+            // (probed) as soon as it runs, while the next ones start.
+            let (tx, mut started) = mpsc::unbounded_channel::<Watch>();
+            let batch = tokio::task::spawn_blocking(move || {
+                jobs.into_iter()
+                    .map(|job| {
+                        let (outcome, pidfd) = starter.start(&job);
+                        if let Some(fd) = pidfd {
+                            let _ = tx.send(Watch {
+                                exit: Exit::Child(fd),
+                                process_id: Arc::from(job.process_id.as_str()),
+                                epoch: job.epoch,
+                                target: probe_target(&job.pattern, job.ports),
+                                from: outcome.log_offset,
+                            });
+                        }
+                        (job, outcome)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            while let Some(w) = started.recv().await {
+                self.supervise(w);
+            }
+            // Only a runtime shutting down cancels it (a panic ends the
+            // launcher): the jobs did not run.
+            batch.await.unwrap_or_default()
+        }
     }
 
     fn adopt(&mut self, found: &Found, req: StartRequest<'_>) -> Result<(), AdoptError> {
@@ -204,22 +319,15 @@ impl Runtime for LinuxRuntime {
         if let Err(e) = signal_group(pid, Signal::SIGKILL) {
             tracing::error!("{process_id}: SIGKILL failed: {e}");
         }
-        self.kill_cgroup(process_id);
     }
 
     fn ended(&mut self, process_id: &str, pid: u32, how: String, log_offset: u64) -> ExitFacts {
         let id = process_id;
         // Whatever the main process left behind goes with it: its process
-        // group, and everything in its cgroup (setsid, double fork).
+        // group here, what else is in its cgroup (setsid, double fork) by
+        // the janitor.
         if let Err(e) = signal_group(pid, Signal::SIGKILL) {
             tracing::warn!("{id}: cannot kill process group {pid}: {e}");
-        }
-        let left = self.cgroups.pids(id);
-        if !left.is_empty() {
-            tracing::info!("{id}: killing what its main process left behind: {left:?}");
-            if let Err(e) = self.cgroups.kill_all(id) {
-                tracing::warn!("{id}: cannot kill what is left in its cgroup: {e}");
-            }
         }
         ExitFacts {
             how,
@@ -230,9 +338,6 @@ impl Runtime for LinuxRuntime {
     }
 
     fn forget(&mut self, process_id: &str) {
-        if let Err(e) = self.cgroups.remove(process_id) {
-            tracing::warn!("{process_id}: cannot remove its cgroup: {e}");
-        }
         self.echo.untrack(self.log(process_id));
     }
 
@@ -310,14 +415,8 @@ impl Runtime for LinuxRuntime {
         }
     }
 
-    fn kill_cgroup(&mut self, process_id: &str) {
-        if let Err(e) = self.cgroups.kill_all(process_id) {
-            tracing::error!("{process_id}: cgroup kill failed: {e}");
-        }
-    }
-
-    fn remove_cgroup(&mut self, process_id: &str) -> Result<(), CgroupError> {
-        self.cgroups.remove(process_id)
+    fn cgroup_work(&mut self, process_id: &str, work: CgroupWork) {
+        self.janitor.queue(process_id, work);
     }
 
     fn discover(&mut self) -> Vec<Found> {
@@ -328,8 +427,8 @@ impl Runtime for LinuxRuntime {
         discover::in_cgroup(&self.cgroups, process_id, &self.launcher_id)
     }
 
-    fn save_table(&mut self, entries: &[Entry]) -> Result<(), StateFileError> {
-        self.table.save(entries)
+    fn save_table(&mut self, entries: Vec<Entry>) {
+        self.table_writer.submit(entries);
     }
 
     fn load_table(&mut self) -> Vec<Entry> {
@@ -340,12 +439,32 @@ impl Runtime for LinuxRuntime {
         })
     }
 
-    fn save_api(&mut self, specs: &[InstanceSpec]) -> Result<(), StateFileError> {
-        self.api_store.save(specs)
+    fn save_api(
+        &mut self,
+        specs: Vec<InstanceSpec>,
+    ) -> impl Future<Output = Result<(), StateFileError>> + Send + 'static {
+        let store = self.api_store.clone();
+        async move {
+            let specs = Arc::new(specs);
+            let (s, on_pool) = (store.clone(), specs.clone());
+            match tokio::task::spawn_blocking(move || s.save(&on_pool)).await {
+                Ok(saved) => saved,
+                // The blocking pool is shutting down: write it here.
+                Err(_) => store.save(&specs),
+            }
+        }
     }
 
     fn load_api(&mut self) -> Result<Vec<InstanceSpec>, StateFileError> {
         self.api_store.load()
+    }
+
+    fn flush(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        let (table, cgroups) = (self.table_writer.flush(), self.janitor.flush());
+        async move {
+            table.await;
+            cgroups.await;
+        }
     }
 
     fn shutdown(&mut self) {

@@ -4,21 +4,26 @@
 //! machine, and the controller's tests use a fake that only records.
 //!
 //! The modules below are the Linux implementation's parts: spawning and
-//! signals, supervisors (exit and probes), cgroups, ports, logs, the
-//! process table, and discovery of running instances.
+//! signals, supervisors (exit and probes), cgroups and their janitor
+//! thread, ports, logs, the process table and its writer thread, and
+//! discovery of running instances.
 
 pub mod cgroup;
 pub mod discover;
 #[cfg(test)]
 pub mod fake;
+pub mod janitor;
 pub mod linux;
 pub mod logs;
 pub mod ports;
 pub mod spawn;
 pub mod supervise;
 pub mod table;
+pub mod writer;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
@@ -31,6 +36,7 @@ use crate::spec::manifest::Pattern;
 
 pub use cgroup::{CgroupError, Limits};
 pub use discover::Found;
+pub use janitor::CgroupWork;
 pub use spawn::{ExecutableError, SpawnError};
 pub use table::Entry;
 
@@ -77,6 +83,59 @@ pub struct StartRequest<'a> {
     pub epoch: u64,
 }
 
+/// One start of a batch ([`Runtime::start_batch`]): what a
+/// [`StartRequest`] says, owned (starts run away from the loop), and the
+/// cgroup set-up that goes first.
+#[derive(Debug, Clone)]
+pub struct StartJob {
+    /// The instance.
+    pub process_id: String,
+    /// Its declaration.
+    pub spec: InstanceSpec,
+    /// Its pattern.
+    pub pattern: Arc<Pattern>,
+    /// Its ports.
+    pub ports: Ports,
+    /// Which start of the instance this is.
+    pub epoch: u64,
+    /// Create the instance's cgroup with these limits (or write them into
+    /// it) before the start; `None` leaves the cgroup as it is.
+    pub limits: Option<Limits>,
+}
+
+impl StartJob {
+    /// The job as a request.
+    pub fn request(&self) -> StartRequest<'_> {
+        StartRequest {
+            process_id: &self.process_id,
+            spec: &self.spec,
+            pattern: &self.pattern,
+            ports: self.ports,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// What became of one [`StartJob`].
+#[derive(Debug)]
+pub struct StartOutcome {
+    /// When limits were asked: whether the cgroup is new (and so has seen
+    /// no OOM kill yet), or the cgroup file that could not be written.
+    pub cgroup: Option<Result<bool, CgroupError>>,
+    /// OOM kills in its cgroup so far (read after the set-up; 0 without).
+    pub oom_kills: u64,
+    /// Forks its `pids.max` refused so far (read after the set-up; 0
+    /// without).
+    pub pids_refused: u64,
+    /// Where the new process's output begins in the instance's log.
+    pub log_offset: u64,
+    /// The process, or why it could not start (whose fault:
+    /// [`SpawnError::is_launcher_side`]).
+    pub started: Result<Started, SpawnError>,
+    /// How long the set-up and the spawn took.
+    pub took: std::time::Duration,
+}
+
 /// A started (and supervised) process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Started {
@@ -94,6 +153,10 @@ pub struct Started {
 /// The operating system as the controller sees it. Every call is quick
 /// and never blocks on a process: exits and probe results arrive later as
 /// [`supervise::ProcEvent`]s on the channel the runtime was built with.
+/// Work that waits (starts, state-file writes, killing and removing
+/// cgroups) runs off the caller's thread: starts and API-store writes as
+/// futures the caller awaits, the process table and cgroup work queued,
+/// their outcome reported on the same channel.
 pub trait Runtime: Send + 'static {
     /// Now, on the clock the controller plans with (tokio's, so that tests
     /// can pause it).
@@ -111,20 +174,14 @@ pub trait Runtime: Send + 'static {
     /// Why it cannot.
     fn check_executable(&self, path: &Path) -> Result<(), ExecutableError>;
 
-    /// Creates the instance's cgroup with these limits; true when it is
-    /// new (and so has seen no OOM kill yet).
-    ///
-    /// # Errors
-    ///
-    /// The cgroup file that could not be written.
-    fn prepare_cgroup(&mut self, process_id: &str, limits: Limits) -> Result<bool, CgroupError>;
-
-    /// Starts and supervises a process.
-    ///
-    /// # Errors
-    ///
-    /// Why it could not start (whose fault: [`SpawnError::is_launcher_side`]).
-    fn start(&mut self, req: StartRequest<'_>) -> Result<Started, SpawnError>;
+    /// Sets up the cgroups of the jobs that ask it, then starts and
+    /// supervises their processes, in order, off the caller's thread; each
+    /// job comes back with its outcome. A job missing from the answer did
+    /// not run (the launcher is shutting down).
+    fn start_batch(
+        &mut self,
+        jobs: Vec<StartJob>,
+    ) -> impl Future<Output = Vec<(StartJob, StartOutcome)>> + Send;
 
     /// Takes over a process an earlier launcher started, and supervises it.
     ///
@@ -137,16 +194,18 @@ pub trait Runtime: Send + 'static {
     /// instance's cgroup (those that left the group too).
     fn signal(&mut self, process_id: &str, pid: u32, sig: Signal);
 
-    /// SIGKILLs everything of the instance: its group and its cgroup.
+    /// SIGKILLs the instance's process group (its cgroup is killed by
+    /// [`CgroupWork::Kill`]).
     fn kill(&mut self, process_id: &str, pid: u32);
 
     /// What is known of the instance's process that ended (`how` it
-    /// ended); whatever it left behind is killed. `log_offset` is where its
-    /// output began in the log.
+    /// ended); its process group is killed (what is left in its cgroup is
+    /// killed by [`CgroupWork::Kill`]). `log_offset` is where its output
+    /// began in the log.
     fn ended(&mut self, process_id: &str, pid: u32, how: String, log_offset: u64) -> ExitFacts;
 
-    /// The instance is gone for good: its cgroup is removed and its log no
-    /// longer followed.
+    /// The instance is gone for good: its log is no longer followed (its
+    /// cgroup is removed by [`CgroupWork::Remove`]).
     fn forget(&mut self, process_id: &str);
 
     /// The instance's log file.
@@ -177,15 +236,9 @@ pub trait Runtime: Send + 'static {
     /// Sends `sig` to each of `pids`.
     fn signal_pids(&mut self, pids: &[u32], sig: Signal);
 
-    /// SIGKILLs everything in the instance's cgroup.
-    fn kill_cgroup(&mut self, process_id: &str);
-
-    /// Removes the instance's cgroup.
-    ///
-    /// # Errors
-    ///
-    /// The directory that could not be removed.
-    fn remove_cgroup(&mut self, process_id: &str) -> Result<(), CgroupError>;
+    /// Queues `work` on the instance's cgroup; done in the order queued,
+    /// each piece reported by a [`supervise::ProcEvent::CgroupDone`].
+    fn cgroup_work(&mut self, process_id: &str, work: CgroupWork);
 
     /// The instance processes of this launcher that run now (see
     /// [`discover::running`]).
@@ -194,22 +247,24 @@ pub trait Runtime: Send + 'static {
     /// The instance process in `process_id`'s cgroup, if one runs there.
     fn found_in_cgroup(&mut self, process_id: &str) -> Option<Found>;
 
-    /// Writes the process table.
-    ///
-    /// # Errors
-    ///
-    /// The file that could not be written.
-    fn save_table(&mut self, entries: &[Entry]) -> Result<(), StateFileError>;
+    /// Queues a write of the process table: the latest queued is written,
+    /// and written again while it fails; a failure, and the recovery, are
+    /// reported by a [`supervise::ProcEvent::TableSaved`].
+    fn save_table(&mut self, entries: Vec<Entry>);
 
     /// The process table an earlier launcher left (a hint for adoption).
     fn load_table(&mut self) -> Vec<Entry>;
 
-    /// Writes the API declarations.
+    /// Writes the API declarations, off the caller's thread; completes
+    /// once they are durable.
     ///
     /// # Errors
     ///
     /// The file that could not be written.
-    fn save_api(&mut self, specs: &[InstanceSpec]) -> Result<(), StateFileError>;
+    fn save_api(
+        &mut self,
+        specs: Vec<InstanceSpec>,
+    ) -> impl Future<Output = Result<(), StateFileError>> + Send + 'static;
 
     /// The stored API declarations.
     ///
@@ -218,6 +273,11 @@ pub trait Runtime: Send + 'static {
     /// The file that could not be read.
     fn load_api(&mut self) -> Result<Vec<InstanceSpec>, StateFileError>;
 
+    /// Completes once the table writes and cgroup work queued so far are
+    /// done (tried, for a write that fails).
+    fn flush(&mut self) -> impl Future<Output = ()> + Send + 'static;
+
     /// The launcher stops: what is left of its own (cgroup parents) goes.
+    /// Called after [`Runtime::flush`].
     fn shutdown(&mut self);
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// What a supervisor reports.
+/// What the runtime reports: supervisors (exits, probes), the cgroup
+/// janitor and the process table's writer.
 #[derive(Debug)]
 pub enum ProcEvent {
     /// The process exited (or was killed).
@@ -39,6 +40,17 @@ pub enum ProcEvent {
         ok: bool,
         /// Why not.
         detail: String,
+    },
+    /// Cgroup work queued with the janitor was done.
+    CgroupDone {
+        /// Instance.
+        process_id: Arc<str>,
+    },
+    /// The process table's writes fail (`Some`: the latest failure), or
+    /// work again (`None`).
+    TableSaved {
+        /// Why the latest write failed.
+        error: Option<crate::sources::state_file::StateFileError>,
     },
 }
 

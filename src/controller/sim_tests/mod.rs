@@ -18,11 +18,13 @@ use super::{
 };
 use crate::reconcile::PlanConfig;
 use crate::reconcile::observed::{Phase, Ports};
+use crate::runtime::CgroupWork;
 use crate::runtime::discover::{self, Found};
 use crate::runtime::fake::{Behaviour, Call, FakeRuntime, killed_by};
 use crate::sources::Catalog;
 use crate::sources::DesiredDoc;
 use crate::sources::FileEvent;
+use crate::sources::catalog::watcher::Reloaded;
 use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 
 mod events;
@@ -48,7 +50,7 @@ struct Sim {
     fake: FakeRuntime,
     handle: ControllerHandle,
     desired: mpsc::UnboundedSender<FileEvent>,
-    patterns: mpsc::UnboundedSender<()>,
+    patterns: mpsc::UnboundedSender<Reloaded>,
     patterns_dir: tempfile::TempDir,
 }
 
@@ -103,6 +105,14 @@ impl Sim {
             patterns,
             patterns_dir,
         }
+    }
+
+    /// The patterns watcher's part: the catalog loaded again, handed over.
+    fn reload_patterns(&self) {
+        let (catalog, errors) = Catalog::discover(self.patterns_dir.path());
+        self.patterns
+            .send(Reloaded { catalog, errors })
+            .expect("the loop takes catalogs");
     }
 
     async fn launch_with(
@@ -199,8 +209,9 @@ impl Sim {
             pids: pids.to_vec(),
             sig: Signal::SIGTERM,
         };
-        let kill = Call::KillCgroup {
+        let kill = Call::CgroupWork {
             process_id: process_id.to_string(),
+            work: CgroupWork::Kill,
         };
         let termed = self
             .until_call(&format!("SIGTERM to {pids:?}"), |c| *c == term)
@@ -456,7 +467,7 @@ async fn a_new_pattern_directory_is_launchable_without_a_restart() {
         .expect_err("unknown yet");
     assert!(matches!(err, CommandError::NotFound(_)), "{err:?}");
     write_manifest(sim.patterns_dir.path(), "q", "1");
-    sim.patterns.send(()).unwrap();
+    sim.reload_patterns();
     sim.until("q known", |s| s.sources.iter().any(|f| f.pattern == "q"))
         .await;
     sim.launch_with("q", "a", &[])
@@ -481,7 +492,7 @@ async fn a_changed_manifest_restarts_its_instances_one_at_a_time() {
     }
     let before = sim.fake.calls().len();
     write_manifest(sim.patterns_dir.path(), "p", "2");
-    sim.patterns.send(()).unwrap();
+    sim.reload_patterns();
     sim.until("all restarted", |s| {
         ids.iter().all(|id| {
             s.instances
@@ -522,5 +533,80 @@ async fn a_first_start_waits_until_what_runs_in_the_cgroup_is_gone() {
         started >= killed,
         "a second copy started beside the leftovers: {:?}",
         sim.fake.calls()
+    );
+}
+
+/// The calls about `id`'s cgroup and its starts, in order.
+fn cgroup_and_starts(calls: &[(Instant, Call)], id: &str) -> Vec<String> {
+    calls
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Call::Start { process_id, .. } if process_id == id => Some("start".to_string()),
+            Call::CgroupWork { process_id, work } if process_id == id => {
+                Some(format!("queue {work:?}"))
+            }
+            Call::CgroupDone { process_id, work } if process_id == id => {
+                Some(format!("done {work:?}"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relaunched_instance_starts_only_once_its_old_cgroup_is_removed() {
+    let healthy = Behaviour {
+        healthy_at_start: true,
+        ..Behaviour::default()
+    };
+    let sim = Sim::start(&["p"], healthy, |_| {});
+    let id = sim.launch("a").await;
+    sim.until_phase(&id, Phase::Running).await;
+    // The janitor is slow: the removal of the cgroup waits.
+    sim.fake.state().hold_cgroup_work = true;
+    sim.terminate(&id, Duration::from_secs(5)).await.unwrap();
+    sim.until("gone", |s| !s.instances.contains_key(&id)).await;
+    sim.launch("a").await;
+    // However long the removal takes, the new process does not start in
+    // the cgroup about to be removed.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(sim.starts(&id).len(), 1, "{:?}", sim.fake.calls());
+    sim.fake.state().hold_cgroup_work = false;
+    sim.fake.release_cgroup_work();
+    sim.until_phase(&id, Phase::Running).await;
+    assert_eq!(
+        cgroup_and_starts(&sim.fake.calls(), &id),
+        ["start", "queue Remove", "done Remove", "start"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_waits_until_what_the_last_process_left_behind_is_killed() {
+    let healthy = Behaviour {
+        healthy_at_start: true,
+        ..Behaviour::default()
+    };
+    let sim = Sim::start(&["p"], healthy, |_| {});
+    let id = sim.launch("a").await;
+    sim.until_phase(&id, Phase::Running).await;
+    // Its process forked a daemon (setsid) into its cgroup, then crashed.
+    sim.fake.state().orphans.insert(id.clone(), vec![9999]);
+    sim.fake.state().hold_cgroup_work = true;
+    sim.fake.exit(&id, killed_by(Signal::SIGSEGV));
+    sim.until_call("the leftovers' kill queued", |c| {
+        matches!(c, Call::CgroupWork { process_id, work: CgroupWork::Kill } if *process_id == id)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(sim.starts(&id).len(), 1, "restarted beside its leftovers");
+    // Its end is taken in once they are gone: until then it looks alive.
+    let first_pid = sim.starts(&id)[0].1;
+    assert_eq!(sim.status(&id).unwrap().pid, Some(first_pid));
+    sim.fake.state().hold_cgroup_work = false;
+    sim.fake.release_cgroup_work();
+    sim.until("restarted", |_| sim.starts(&id).len() == 2).await;
+    assert_eq!(
+        cgroup_and_starts(&sim.fake.calls(), &id),
+        ["start", "queue Kill", "done Kill", "start"]
     );
 }

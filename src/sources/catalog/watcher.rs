@@ -1,15 +1,16 @@
-//! The patterns watcher: [`watch_patterns`] says "look at the patterns
-//! again" when anything in the patterns directory changed.
+//! The patterns watcher: [`watch_patterns`] hands over the catalog loaded
+//! again ([`Reloaded`]) when anything in the patterns directory changed.
 //!
-//! One thread of its own (so walking the tree never blocks the async
-//! runtime; only the receiver is tokio's), woken by inotify for speed and
-//! backed by a periodic fingerprint of the tree that repairs whatever a
-//! lost event, an inotify overflow or a watch that could not be created
-//! missed. It stops soon after its receiver is dropped.
+//! One thread of its own (so walking the tree, reading manifests and
+//! hashing executables never block the async runtime; only the receiver is
+//! tokio's), woken by inotify for speed and backed by a periodic
+//! fingerprint of the tree that repairs whatever a lost event, an inotify
+//! overflow or a watch that could not be created missed. It stops soon
+//! after its receiver is dropped.
 //!
-//! It only looks: it never reads a manifest, never writes, creates or
-//! locks a file, and never decides what a change means for the catalog;
-//! discovery ([`super::Catalog::reload`]) and the controller do.
+//! It only reads: it never writes, creates or locks a file, and never
+//! decides what a change means for instances; discovery
+//! ([`super::Catalog::reload`]) builds the catalog, the controller decides.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
@@ -22,6 +23,7 @@ use notify::EventKind;
 use notify::event::{AccessKind, AccessMode};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use super::{Catalog, DiscoveryError};
 use crate::sources::fsnotify::{DirWatch, Inotify, LIVENESS, MIN_RESCAN, QUIET, Raw, absolute};
 
 /// [`watch_patterns`] sends at the latest this long after the first of a
@@ -29,26 +31,43 @@ use crate::sources::fsnotify::{DirWatch, Inotify, LIVENESS, MIN_RESCAN, QUIET, R
 /// writing into its own directory, say).
 pub const MAX_COALESCE: Duration = Duration::from_secs(1);
 
+/// A catalog discovered (again), with what discovery found wrong.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Every error of that discovery.
+    pub errors: Vec<DiscoveryError>,
+}
+
 /// Watches the patterns directory `dir` and its sub-directories (so
-/// everything down to `dir/<pattern>/<file>`) and sends `()` after any
-/// change has been followed by [`QUIET`] (at most [`MAX_COALESCE`] after
-/// the first change), many changes making one `()`. Every `rescan_every` it
-/// also compares a fingerprint of the tree (names, sizes, mtimes of the
-/// files of each pattern directory) and sends `()` when it changed, which
-/// repairs lost events. Opening, reading or executing files sends nothing.
+/// everything down to `dir/<pattern>/<file>`) and, after any change has
+/// been followed by [`QUIET`] (at most [`MAX_COALESCE`] after the first
+/// change), loads the catalog again ([`Catalog::reload`] of the last one)
+/// and sends it; many changes make one reload. Every `rescan_every` it also
+/// compares a fingerprint of the tree (names, sizes, mtimes of the files of
+/// each pattern directory) and reloads when it changed, which repairs lost
+/// events. Opening, reading or executing files sends nothing.
 ///
-/// The watches are in place when this returns, so a caller that discovers
-/// the patterns afterwards misses no change.
-pub fn watch_patterns(dir: PathBuf, rescan_every: Duration) -> UnboundedReceiver<()> {
+/// Returns the first discovery, made once the watches are in place (so no
+/// change made meanwhile is missed), and the receiver of the reloads.
+pub fn watch_patterns(
+    dir: PathBuf,
+    rescan_every: Duration,
+) -> (Reloaded, UnboundedReceiver<Reloaded>) {
     let (tx, rx) = unbounded_channel();
     let watcher = PatternsWatcher::new(dir, tx);
+    let first = Reloaded {
+        catalog: watcher.base.clone(),
+        errors: watcher.first_errors.clone(),
+    };
     let spawned = std::thread::Builder::new()
         .name("watch-patterns".into())
         .spawn(move || watcher.run(rescan_every.max(MIN_RESCAN)));
     if let Err(e) = spawned {
         tracing::error!("cannot start the patterns watcher: {e}");
     }
-    rx
+    (first, rx)
 }
 
 struct PatternsWatcher {
@@ -57,7 +76,11 @@ struct PatternsWatcher {
     inotify: Inotify,
     /// Watched pattern directories.
     subdirs: HashMap<PathBuf, DirWatch>,
-    out: UnboundedSender<()>,
+    out: UnboundedSender<Reloaded>,
+    /// The catalog last loaded (the next reload starts from it).
+    base: Catalog,
+    /// What the first discovery found wrong.
+    first_errors: Vec<DiscoveryError>,
     fingerprint: u64,
     /// When the current quiet period ends.
     due: Option<Instant>,
@@ -66,20 +89,25 @@ struct PatternsWatcher {
 }
 
 impl PatternsWatcher {
-    /// Sets the watches and takes the first fingerprint.
-    fn new(dir: PathBuf, out: UnboundedSender<()>) -> PatternsWatcher {
+    /// Sets the watches, takes the first fingerprint, then discovers.
+    fn new(dir: PathBuf, out: UnboundedSender<Reloaded>) -> PatternsWatcher {
         let mut w = PatternsWatcher {
             root: DirWatch::new(absolute(&dir)),
             inotify: Inotify::new(&dir),
             shown: dir,
             subdirs: HashMap::new(),
             out,
+            base: Catalog::default(),
+            first_errors: Vec::new(),
             fingerprint: 0,
             due: None,
             first: None,
         };
         w.sync_watches();
         w.fingerprint = fingerprint(&w.root.path);
+        let (catalog, errors) = Catalog::discover(&w.shown);
+        w.base = catalog;
+        w.first_errors = errors;
         w
     }
 
@@ -143,14 +171,16 @@ impl PatternsWatcher {
         }
     }
 
-    /// Sends one `()`, after updating the watches and the fingerprint (so
-    /// the discovery it triggers sees at least this state).
+    /// Loads the catalog again and sends it, after updating the watches
+    /// and the fingerprint (so the discovery sees at least this state).
     fn fire(&mut self) {
         self.sync_watches();
         self.fingerprint = fingerprint(&self.root.path);
         self.due = None;
         self.first = None;
-        let _ = self.out.send(());
+        let (catalog, errors) = self.base.reload(&self.shown);
+        self.base = catalog.clone();
+        let _ = self.out.send(Reloaded { catalog, errors });
     }
 
     /// Watches the root and each directory in it; drops the watches of
@@ -223,10 +253,10 @@ mod tests {
     /// Generous: the watcher answers in milliseconds, CI machines are slow.
     const PATIENCE: Duration = Duration::from_secs(10);
 
-    /// Waits for the next notification.
-    async fn next(rx: &mut UnboundedReceiver<()>) {
+    /// Waits for the next reload.
+    async fn next(rx: &mut UnboundedReceiver<Reloaded>) -> Reloaded {
         match tokio::time::timeout(PATIENCE, rx.recv()).await {
-            Ok(Some(())) => {}
+            Ok(Some(r)) => r,
             Ok(None) => panic!("the watcher stopped"),
             Err(_) => panic!("no event within {PATIENCE:?}"),
         }
@@ -236,7 +266,7 @@ mod tests {
 
     /// Asserts that nothing is sent within a short window (the only way to
     /// see an absence; it waits on nothing else).
-    async fn quiet(rx: &mut UnboundedReceiver<()>) {
+    async fn quiet(rx: &mut UnboundedReceiver<Reloaded>) {
         let window = QUIET * 4;
         assert!(
             tokio::time::timeout(window, rx.recv()).await.is_err(),
@@ -245,17 +275,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_pattern_directory_and_its_manifest_are_noticed() {
+    async fn a_new_pattern_directory_and_its_manifest_are_noticed_and_loaded() {
         let t = tempfile::tempdir().unwrap();
-        let mut rx = watch_patterns(t.path().to_path_buf(), Duration::from_secs(60));
+        let (first, mut rx) = watch_patterns(t.path().to_path_buf(), Duration::from_secs(60));
+        assert!(first.catalog.is_empty() && first.errors.is_empty());
         std::fs::create_dir(t.path().join("p")).unwrap();
         std::fs::write(t.path().join("p/manifest.yaml"), MANIFEST).unwrap();
-        next(&mut rx).await;
+        // The manifest may be seen before it is written: wait for it.
+        let mut r = next(&mut rx).await;
+        while r.catalog.get("p").is_none() {
+            r = next(&mut rx).await;
+        }
+        assert_eq!(r.catalog.get("p").unwrap().version, "1");
         // The new directory is watched now: editing the manifest is seen.
         std::fs::write(t.path().join("p/manifest.yaml"), MANIFEST.replace("1", "2")).unwrap();
-        next(&mut rx).await;
+        let mut r = next(&mut rx).await;
+        while r.catalog.get("p").unwrap().version != "2" {
+            r = next(&mut rx).await;
+        }
         std::fs::remove_file(t.path().join("p/manifest.yaml")).unwrap();
-        next(&mut rx).await;
+        let mut r = next(&mut rx).await;
+        while r.catalog.get("p").is_some() {
+            r = next(&mut rx).await;
+        }
     }
 
     #[tokio::test]
@@ -270,20 +312,25 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let mut rx = watch_patterns(t.path().to_path_buf(), Duration::from_secs(60));
+        let (first, mut rx) = watch_patterns(t.path().to_path_buf(), Duration::from_secs(60));
+        let hash = first.catalog.get("p").expect("p discovered").exe_hash;
         std::fs::read_to_string(p.join("manifest.yaml")).unwrap();
         let status = std::process::Command::new(p.join("run")).status().unwrap();
         assert!(status.success());
         quiet(&mut rx).await;
         std::fs::write(p.join("run.new"), "#!/bin/sh\nexit 1\n").unwrap();
         std::fs::rename(p.join("run.new"), p.join("run")).unwrap();
-        next(&mut rx).await;
+        // The reload hashed the new executable (off the controller).
+        let mut r = next(&mut rx).await;
+        while r.catalog.get("p").expect("p").exe_hash == hash {
+            r = next(&mut rx).await;
+        }
     }
 
     #[tokio::test]
     async fn many_changes_at_once_make_few_notifications() {
         let t = tempfile::tempdir().unwrap();
-        let mut rx = watch_patterns(t.path().to_path_buf(), Duration::from_secs(60));
+        let (_, mut rx) = watch_patterns(t.path().to_path_buf(), Duration::from_secs(60));
         for i in 0..50 {
             let d = t.path().join(format!("p{i}"));
             std::fs::create_dir(&d).unwrap();
@@ -302,7 +349,7 @@ mod tests {
         // The directory does not exist yet: no watch, only the fingerprint.
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("patterns");
-        let mut rx = watch_patterns(root.clone(), Duration::from_millis(20));
+        let (_, mut rx) = watch_patterns(root.clone(), Duration::from_millis(20));
         std::fs::create_dir_all(root.join("p")).unwrap();
         std::fs::write(root.join("p/manifest.yaml"), MANIFEST).unwrap();
         next(&mut rx).await;

@@ -1,13 +1,16 @@
 //! A test's files: `desired/<name>` written in place or through a rename,
-//! pattern manifests replaced as a deploy does, and the instances' logs
-//! under `<state-dir>/logs`.
+//! pattern manifests replaced as a deploy does, the instances' logs under
+//! `<state-dir>/logs`, and the process table.
 
 use std::fs;
 use std::path::PathBuf;
 
+use serde_json::Value;
+
 use super::TestEnv;
 use crate::files::{read_lossy, write_atomic};
 use crate::manifest::PatternSpec;
+use crate::wait::{WAIT, wait_until};
 
 impl TestEnv {
     /// `desired/<name>`.
@@ -58,5 +61,26 @@ impl TestEnv {
     /// `<state-dir>/logs/<process_id>.log` ("" if absent).
     pub fn instance_log(&self, process_id: &str) -> String {
         read_lossy(self.instance_log_path(process_id))
+    }
+
+    /// Waits until `<state-dir>/processes.json` records each of `pids`,
+    /// and returns its entries. The launcher writes the table on a thread
+    /// of its own shortly after each change, so a table read right after
+    /// an answer (before a `kill -9`, say) may be a moment old.
+    pub fn wait_table_records(&self, pids: &[i64]) -> Vec<Value> {
+        let path = self.state_dir.join("processes.json");
+        let entries = || serde_json::from_str::<Vec<Value>>(&read_lossy(&path)).unwrap_or_default();
+        let recorded = || {
+            let entries = entries();
+            pids.iter()
+                .all(|p| entries.iter().any(|e| e["pid"].as_i64() == Some(*p)))
+        };
+        assert!(
+            wait_until(WAIT, recorded),
+            "{} never recorded pids {pids:?}: {}",
+            path.display(),
+            read_lossy(&path)
+        );
+        entries()
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
+use super::figures::{ms, percentile};
 use super::session::{Session, launch_request, launched, note_findings, running};
 use super::small::launch_on_running;
 use super::{Ctx, SETTLE, desired_doc, watchers};
@@ -40,7 +41,7 @@ impl Declare {
 /// and LaunchPattern with n instances, then the graceful stop.
 pub(super) fn cold(ctx: &mut Ctx<'_>, n: usize, how: Declare, steady: bool) {
     let s = Session::start(ctx, &format!("cold-{}-{n}", how.key()));
-    let took = match how {
+    let (took, answers) = match how {
         Declare::File => {
             let tmp = s.desired.join(".all.tmp");
             let docs: Vec<String> = (0..n)
@@ -97,7 +98,7 @@ pub(super) fn cold(ctx: &mut Ctx<'_>, n: usize, how: Declare, steady: bool) {
                     })
                 })
                 .collect();
-            let took = s.wait_all_healthy(n, t0);
+            let (took, answers) = s.wait_all_healthy(n, t0);
             for w in workers {
                 ctx.rt.block_on(w).expect("launch worker");
             }
@@ -109,10 +110,16 @@ pub(super) fn cold(ctx: &mut Ctx<'_>, n: usize, how: Declare, steady: bool) {
                     &errors[..errors.len().min(3)]
                 ));
             }
-            took
+            (took, answers)
         }
     };
     ctx.report.push_ms(&format!("cold.{}.{n}", how.key()), took);
+    let mut answers: Vec<f64> = answers.iter().map(|d| ms(*d)).collect();
+    answers.sort_by(f64::total_cmp);
+    if let (Some(p99), Some(max)) = (percentile(&answers, 99.0), answers.last()) {
+        ctx.report.push(&format!("cold.health_p99.{n}"), p99);
+        ctx.report.push(&format!("cold.health_max.{n}"), *max);
+    }
     if steady {
         steady_state(ctx, &s, n, "steady");
         let (p50, p99, rate) = launch_on_running(ctx, &s, "c0");

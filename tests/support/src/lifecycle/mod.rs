@@ -25,7 +25,10 @@
 //!    flight. "All healthy" is seen by polling `Health` every 2 ms until N
 //!    instances are RUNNING, confirmed by a `ListPatterns` showing all N
 //!    RUNNING and healthy (the time is that of the `Health` answer). The
-//!    LaunchPattern calls must all answer RUNNING and healthy too.
+//!    LaunchPattern calls must all answer RUNNING and healthy too. Each
+//!    `Health` call of that poll is timed: the p99 and the longest of each
+//!    cold start (all three ways) show whether the launcher keeps answering
+//!    while it starts N processes.
 //! 2. `kill -9` of an instance → a new pid, and → healthy again, polling
 //!    GetProcessStatus every 0.5 ms; one kill per instance (a second kill of
 //!    the same instance would meet the restart backoff, by design).

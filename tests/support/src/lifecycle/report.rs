@@ -89,6 +89,20 @@ impl Report {
                 );
             }
         }
+        for &n in &p.ns {
+            add(
+                format!("cold.health_p99.{n}"),
+                format!("Health answer during cold start {n}, p99"),
+                Unit::Ms,
+                None,
+            );
+            add(
+                format!("cold.health_max.{n}"),
+                format!("Health answer during cold start {n}, max"),
+                Unit::Ms,
+                None,
+            );
+        }
         add(
             "kill.pid".into(),
             "kill -9 → new pid".into(),

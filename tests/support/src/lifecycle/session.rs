@@ -206,14 +206,18 @@ impl Session {
         );
     }
 
-    /// From `t0` until `n` instances are RUNNING and healthy (module doc).
-    pub(super) fn wait_all_healthy(&self, n: usize, t0: Instant) -> Duration {
+    /// From `t0` until `n` instances are RUNNING and healthy (module doc);
+    /// also how long each `Health` call took to answer meanwhile.
+    pub(super) fn wait_all_healthy(&self, n: usize, t0: Instant) -> (Duration, Vec<Duration>) {
         let want = i32::try_from(n).expect("n fits i32");
+        let mut answers = Vec::new();
         loop {
+            let asked = Instant::now();
             let h = self
                 .client
                 .health()
                 .unwrap_or_else(|e| self.fail(&format!("Health failed: {e}")));
+            answers.push(asked.elapsed());
             let seen = t0.elapsed();
             if h.running_processes >= want && h.total_processes == want {
                 let list = self
@@ -221,7 +225,7 @@ impl Session {
                     .list()
                     .unwrap_or_else(|e| self.fail(&format!("ListPatterns failed: {e}")));
                 if list.iter().filter(|p| running(p)).count() == n {
-                    return seen;
+                    return (seen, answers);
                 }
             }
             if seen > WAIT {
