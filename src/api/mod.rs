@@ -8,6 +8,7 @@ pub mod identity;
 pub mod incoming;
 mod logs;
 mod steer;
+pub mod tls;
 mod watch;
 
 use std::sync::Arc;
