@@ -9,6 +9,7 @@ pub mod incoming;
 mod logs;
 mod steer;
 pub mod tls;
+pub mod unix;
 mod watch;
 
 use std::sync::Arc;
