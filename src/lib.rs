@@ -29,7 +29,8 @@
 //! - [`runtime`]: everything that touches the operating system, behind the
 //!   [`runtime::Runtime`] trait: spawn, supervisors (exit, probes), ports,
 //!   logs, cgroups, the process table, discovery of running instances.
-//! - [`api`]: the gRPC service, wire conversions, the bounded listener.
+//! - [`api`]: the gRPC service, wire conversions, the bounded listener
+//!   and its transports (TCP, TLS, the Unix socket).
 //! - [`ctl`]: `prism-launcher ctl`, the command-line client of the API.
 //! - this file: [`Launcher`] (settings, start-up, shutdown) and the
 //!   generated [`proto`] types; `main.rs` is the command line.
@@ -183,6 +184,10 @@ pub enum LaunchError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The Unix socket or TLS could not be set up, or plain TCP would be
+    /// exposed.
+    #[error(transparent)]
+    Transport(#[from] api::listen::ListenError),
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
@@ -209,6 +214,7 @@ pub struct Launcher {
     keep_instances_on_exit: bool,
     max_connections: usize,
     log_max_bytes: u64,
+    transport: api::listen::Transport,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -287,6 +293,12 @@ impl LauncherBuilder {
         self.0.log_max_bytes = bytes;
         self
     }
+    /// `--unix-socket`, `--socket-group`, `--tls-*`, `--insecure-listen`,
+    /// `--max-concurrent-streams`, `--call-timeout`.
+    pub fn transport(mut self, t: api::listen::Transport) -> Self {
+        self.0.transport = t;
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -309,6 +321,7 @@ impl Launcher {
             keep_instances_on_exit: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_max_bytes: runtime::logs::DEFAULT_MAX_LOG_BYTES,
+            transport: api::listen::Transport::default(),
         })
     }
 
@@ -370,9 +383,17 @@ impl Launcher {
         );
 
         let addr = SocketAddr::new(self.listen, self.grpc_port);
+        api::listen::check_exposure(addr, &self.transport)?;
+        api::listen::warn_if_calls_outlast(
+            &self.transport,
+            self.plan.startup_timeout,
+            self.plan.default_grace,
+        );
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| LaunchError::Listen { addr, source })?;
+        let opened = api::listen::open(&self.transport)?;
+        let (unix, socket_file) = opened.unix.unzip();
 
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let rt = runtime::linux::LinuxRuntime::new(
@@ -419,14 +440,25 @@ impl Launcher {
         let service = proto::pattern_launcher_server::PatternLauncherServer::new(
             api::LauncherService::new(handle.clone()),
         );
-        tracing::info!("Serving gRPC on :{} ({addr})", self.grpc_port);
+        tracing::info!(
+            "Serving gRPC on :{} ({addr}){}",
+            self.grpc_port,
+            api::listen::describe_tcp(&self.transport)
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming =
-            api::incoming::bounded(listener, self.max_connections, handle.snapshots.clone());
+        let incoming = api::incoming::bounded(
+            listener,
+            unix,
+            opened.tls,
+            self.max_connections,
+            handle.snapshots.clone(),
+        );
         let mut server = tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(api::conn::KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(api::conn::KEEPALIVE_TIMEOUT))
+                .max_concurrent_streams(self.transport.max_concurrent_streams)
+                .timeout(self.transport.call_timeout)
                 .add_service(service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
@@ -453,6 +485,7 @@ impl Launcher {
             }
             joined = &mut server => flatten(joined),
         };
+        drop(socket_file);
         tracing::info!("gRPC server stopped; terminating instances");
         let _ = handle.commands.send(Command::Shutdown).await;
         let _ = loop_task.await;

@@ -33,7 +33,8 @@ struct Flags {
     /// gRPC listen port.
     #[arg(long, default_value_t = 8080)]
     grpc_port: u16,
-    /// Listen address.
+    /// Listen address. Beyond loopback it needs TLS (--tls-cert) or
+    /// --insecure-listen.
     #[arg(long, default_value = "127.0.0.1")]
     listen: IpAddr,
     /// Ports handed to instances, as A-B.
@@ -73,6 +74,8 @@ struct Flags {
     /// `<file>.1`, then emptied): bytes, or a quantity like 16Mi.
     #[arg(long, default_value = "16Mi", value_parser = parse_log_max)]
     log_max_bytes: u64,
+    #[command(flatten)]
+    transport: prism_launcher::api::listen::TransportFlags,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -176,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
         .keep_instances_on_exit(flags.keep_instances_on_exit)
         .max_connections(flags.max_connections)
         .log_max_bytes(flags.log_max_bytes)
+        .transport(flags.transport.into())
         .build()
         .run(shutdown)
         .await
