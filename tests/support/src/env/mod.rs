@@ -44,6 +44,7 @@ pub struct TestEnvBuilder {
     files: Vec<(PathBuf, String, u32)>,
     fd_limit: Option<u64>,
     via_grpcurl: bool,
+    unix_socket: bool,
 }
 
 impl TestEnvBuilder {
@@ -102,6 +103,11 @@ impl TestEnvBuilder {
         self
     }
 
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.envs.push((key.into(), value.into()));
         self
@@ -132,6 +138,14 @@ impl TestEnvBuilder {
     /// `grpcurl` process, as a user of the quick start types them.
     pub fn via_grpcurl(mut self) -> Self {
         self.via_grpcurl = true;
+        self
+    }
+
+    /// Serves the API on a Unix socket too (`--unix-socket`, at
+    /// [`TestEnv::socket_path`]); the kit's readiness check and calls go
+    /// there instead of the TCP port (which may then serve TLS).
+    pub fn unix_socket(mut self) -> Self {
+        self.unix_socket = true;
         self
     }
 
@@ -200,6 +214,11 @@ impl TestEnvBuilder {
             args.push("--port-range".into());
             args.push(format!("{a}-{b}"));
         }
+        let socket = root.join(SOCKET_NAME);
+        if self.unix_socket {
+            args.push("--unix-socket".into());
+            args.push(socket.display().to_string());
+        }
         args.extend(self.extra_args);
         let mut envs = vec![
             ("RUST_LOG".to_string(), "info".to_string()),
@@ -228,6 +247,11 @@ impl TestEnvBuilder {
             log_path,
             self.fd_limit,
             self.via_grpcurl,
+            if self.unix_socket {
+                crate::grpc::Target::Unix(socket)
+            } else {
+                crate::grpc::Target::Tcp(env.ports.grpc_port())
+            },
         );
         env.launcher = Some(launcher);
         env
@@ -255,6 +279,9 @@ fn copy_sample(patterns: &Path, name: &str) {
     fs::copy(&bin, dst.join(name))
         .unwrap_or_else(|e| panic!("cannot copy {} into {}: {e}", bin.display(), dst.display()));
 }
+
+/// The file name of the launcher's Unix socket in the test's temp dir.
+const SOCKET_NAME: &str = "api.sock";
 
 /// One test's world: a temp dir with patterns/, desired/, state/, a block of
 /// ports, a token, and the launcher running on them.
@@ -284,6 +311,7 @@ impl TestEnv {
             files: Vec::new(),
             fd_limit: None,
             via_grpcurl: false,
+            unix_socket: false,
         }
     }
 
@@ -298,6 +326,11 @@ impl TestEnv {
 
     fn launcher_ref(&self) -> &Launcher {
         self.launcher.as_ref().expect("launcher handle")
+    }
+
+    /// The launcher's Unix socket (with [`TestEnvBuilder::unix_socket`]).
+    pub fn socket_path(&self) -> PathBuf {
+        self.root.join(SOCKET_NAME)
     }
 
     /// A path inside the test's temp dir.
