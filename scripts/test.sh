@@ -33,6 +33,9 @@ if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$venv/bin/promtool" ]; then
 fi
 export PATH="$PWD/$venv/bin:$PATH"
 promtool --version >/dev/null 2>&1 || { echo "promtool not usable" >&2; exit 1; }
+# tests/transport.rs makes its certificates with openssl and runs grpcurl
+# as another user with setpriv (util-linux).
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 grpcurl -version 2>&1 | grep -q 'v1.8.6' || { echo "grpcurl 1.8.6 not usable" >&2; exit 1; }
 # Everything by default; given arguments (`--test watch`, a filter) choose.
 if [ $# -eq 0 ]; then

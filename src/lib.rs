@@ -29,7 +29,8 @@
 //! - [`runtime`]: everything that touches the operating system, behind the
 //!   [`runtime::Runtime`] trait: spawn, supervisors (exit, probes), ports,
 //!   logs, cgroups, the process table, discovery of running instances.
-//! - [`api`]: the gRPC service, wire conversions, the bounded listener.
+//! - [`api`]: the gRPC service, wire conversions, the bounded listener
+//!   and its transports (TCP, TLS, the Unix socket).
 //! - [`ctl`]: `prism-launcher ctl`, the command-line client of the API.
 //! - [`metrics`]: Prometheus metrics and their HTTP listener (with
 //!   `/healthz` and `/readyz`); [`service`]: systemd notifications.
@@ -197,6 +198,10 @@ pub enum LaunchError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The Unix socket or TLS could not be set up, or plain TCP would be
+    /// exposed.
+    #[error(transparent)]
+    Transport(#[from] api::listen::ListenError),
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[source] tonic_reflection::server::Error),
@@ -225,6 +230,7 @@ pub struct Launcher {
     log_max_bytes: u64,
     metrics_port: Option<u16>,
     log_keep: usize,
+    transport: api::listen::Transport,
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -315,6 +321,12 @@ impl LauncherBuilder {
         self.0.log_keep = n.clamp(1, runtime::logs::MAX_LOG_KEEP);
         self
     }
+    /// `--unix-socket`, `--socket-group`, `--tls-*`, `--insecure-listen`,
+    /// `--max-concurrent-streams`, `--call-timeout`.
+    pub fn transport(mut self, t: api::listen::Transport) -> Self {
+        self.0.transport = t;
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -339,6 +351,7 @@ impl Launcher {
             log_max_bytes: runtime::logs::DEFAULT_MAX_LOG_BYTES,
             metrics_port: None,
             log_keep: runtime::logs::DEFAULT_LOG_KEEP,
+            transport: api::listen::Transport::default(),
         })
     }
 
@@ -402,12 +415,20 @@ impl Launcher {
         );
 
         let addr = SocketAddr::new(self.listen, self.grpc_port);
+        api::listen::check_exposure(addr, &self.transport)?;
+        api::listen::warn_if_calls_outlast(
+            &self.transport,
+            self.plan.startup_timeout,
+            self.plan.default_grace,
+        );
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| LaunchError::Listen { addr, source })?;
         let metrics_listener = self.bind_metrics().await?;
         let metrics = metrics::Metrics::new();
         let notifier = service::Notifier::from_env();
+        let opened = api::listen::open(&self.transport)?;
+        let (unix, socket_file) = opened.unix.unzip();
 
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let rt = runtime::linux::LinuxRuntime::new(
@@ -461,14 +482,25 @@ impl Launcher {
         let service = proto::pattern_launcher_server::PatternLauncherServer::new(
             api::LauncherService::new(handle.clone()).with_logs(log_files),
         );
-        tracing::info!("Serving gRPC on :{} ({addr})", self.grpc_port);
+        tracing::info!(
+            "Serving gRPC on :{} ({addr}){}",
+            self.grpc_port,
+            api::listen::describe_tcp(&self.transport)
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let incoming =
-            api::incoming::bounded(listener, self.max_connections, handle.snapshots.clone());
+        let incoming = api::incoming::bounded(
+            listener,
+            unix,
+            opened.tls,
+            self.max_connections,
+            handle.snapshots.clone(),
+        );
         let mut server = tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(api::conn::KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(api::conn::KEEPALIVE_TIMEOUT))
+                .max_concurrent_streams(self.transport.max_concurrent_streams)
+                .timeout(self.transport.call_timeout)
                 .add_service(service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
@@ -499,6 +531,7 @@ impl Launcher {
         if let Some(t) = status_task {
             t.abort();
         }
+        drop(socket_file);
         tracing::info!("gRPC server stopped; terminating instances");
         let _ = handle.commands.send(Command::Shutdown).await;
         let _ = loop_task.await;

@@ -33,7 +33,8 @@ struct Flags {
     /// gRPC listen port.
     #[arg(long, default_value_t = 8080)]
     grpc_port: u16,
-    /// Listen address.
+    /// Listen address. Beyond loopback it needs TLS (--tls-cert) or
+    /// --insecure-listen.
     #[arg(long, default_value = "127.0.0.1")]
     listen: IpAddr,
     /// Ports handed to instances, as A-B.
@@ -87,6 +88,8 @@ struct Flags {
     #[arg(long, default_value_t = prism_launcher::runtime::logs::DEFAULT_LOG_KEEP,
           value_parser = parse_log_keep)]
     log_keep: usize,
+    #[command(flatten)]
+    transport: prism_launcher::api::listen::TransportFlags,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -208,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         .log_max_bytes(flags.log_max_bytes)
         .metrics_port(flags.metrics_port)
         .log_keep(flags.log_keep)
+        .transport(flags.transport.into())
         .build()
         .run(shutdown)
         .await

@@ -6,6 +6,12 @@
 //! holds one of the `--max-connections` [`Places`] until it is dropped; when
 //! they are all taken, the oldest connection still waiting for its preface
 //! gives its place up, so idle sockets cannot lock clients out.
+//!
+//! The same holds on every transport ([`Stream`]). On TLS the deadlines
+//! count from the TCP accept and the preface is the decrypted one: the TLS
+//! handshake and the HTTP/2 preface together must fit in
+//! [`Deadlines::handshake`], and a connection still in its TLS handshake
+//! can be evicted like one waiting for its preface.
 
 use std::collections::VecDeque;
 use std::io;
@@ -16,9 +22,11 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
+
+use super::identity::Identity;
+use super::stream::Stream;
 
 /// How long a client has from the accept to the end of its preface.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -165,6 +173,17 @@ impl Place {
             .is_ok()
     }
 
+    /// Ready once this place was handed on (for a connection still in its
+    /// TLS handshake).
+    pub fn poll_evicted(&self, cx: &Context<'_>) -> Poll<()> {
+        self.wake_me(cx);
+        if self.evicted() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Lets [`Places::take`] wake this connection's task.
     fn wake_me(&self, cx: &Context<'_>) {
         if let Ok(mut w) = self.shared.waker.lock() {
@@ -188,7 +207,9 @@ impl Drop for Place {
 /// `TimedOut` once a deadline passes, which makes hyper close it.
 #[derive(Debug)]
 pub struct Conn {
-    io: TcpStream,
+    io: Stream,
+    /// Who the peer is; tonic puts it in every request's extensions.
+    identity: Identity,
     place: Place,
     deadlines: Deadlines,
     accepted: Instant,
@@ -201,10 +222,16 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Wraps a connection that holds `place`.
-    pub fn new(io: TcpStream, place: Place, deadlines: Deadlines) -> Conn {
-        let accepted = Instant::now();
+    /// Wraps a connection, accepted now, that holds `place`.
+    pub fn new(io: Stream, place: Place, deadlines: Deadlines) -> Conn {
+        Conn::accepted_at(io, place, deadlines, Instant::now())
+    }
+
+    /// Wraps a connection accepted at `accepted` (before its TLS
+    /// handshake) that holds `place`.
+    pub fn accepted_at(io: Stream, place: Place, deadlines: Deadlines, accepted: Instant) -> Conn {
         Conn {
+            identity: io.identity(),
             io,
             place,
             deadlines,
@@ -213,6 +240,11 @@ impl Conn {
             last_read: accepted,
             timer: Box::pin(tokio::time::sleep_until(accepted + deadlines.handshake)),
         }
+    }
+
+    /// Who the peer is.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The deadline in force, and what passing it means.
@@ -240,8 +272,8 @@ impl Conn {
                     self.last_read
                 });
                 tracing::debug!(
-                    "closing gRPC connection from {:?}: {what} for {after:?}",
-                    self.io.peer_addr().ok()
+                    "closing gRPC connection from {}: {what} for {after:?}",
+                    self.identity
                 );
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -326,18 +358,19 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// The request extension [`super::identity::identity`] reads.
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = Identity;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+    fn connect_info(&self) -> Identity {
+        self.identity.clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -357,7 +390,7 @@ mod tests {
             Taken::Free(p) | Taken::Evicted(p) => p,
             Taken::Full => panic!("no place"),
         };
-        (Conn::new(server, place, D), client)
+        (Conn::new(Stream::Tcp(server), place, D), client)
     }
 
     /// Reads until an error; returns it and how long (virtual time) it took.
@@ -484,11 +517,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connect_info_is_the_sockets() {
-        let mut places = Places::new(1);
+    async fn connect_info_is_the_peers_identity() {
+        let mut places = Places::new(2);
         let (c, client) = pair(&mut places).await;
-        let info = c.connect_info();
-        assert_eq!(info.remote_addr, client.local_addr().ok());
-        assert_eq!(info.local_addr, client.peer_addr().ok());
+        assert_eq!(
+            c.connect_info(),
+            Identity::Tcp {
+                addr: client.local_addr().ok()
+            }
+        );
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let Taken::Free(place) = places.take() else {
+            panic!("no place")
+        };
+        let c = Conn::new(Stream::Unix(a), place, D);
+        drop(b);
+        assert_eq!(
+            c.connect_info(),
+            Identity::Unix {
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                pid: Some(std::process::id() as i32),
+            }
+        );
     }
 }

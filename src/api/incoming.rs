@@ -1,4 +1,5 @@
-//! The gRPC listener's accept loop, within bounds: at most
+//! The gRPC listeners' accept loop (TCP, with TLS when set up, and the
+//! Unix socket when there is one), within bounds shared by both: at most
 //! `--max-connections` connections at once (when all places are taken, the
 //! oldest connection that has not sent its HTTP/2 preface yet makes room,
 //! else the new one is refused), none while the launcher's open descriptors
@@ -6,17 +7,22 @@
 //! state writes, spawns, logs), and accept errors (EMFILE and the like)
 //! back off instead of ending or spinning. A refused connection is accepted
 //! and closed at once; refusals, evictions and errors are logged at most
-//! once per [`REPORT_EVERY`] each.
+//! once per [`REPORT_EVERY`] each. TLS handshakes run in tasks of their
+//! own, each holding its connection's place, so that a slow one delays no
+//! other connection.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 
 use super::conn::{Conn, Deadlines, Places, Taken};
+use super::stream::Stream;
 
 /// How often a refusal or an accept error is logged at most.
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -119,6 +125,11 @@ enum Refusal {
 /// The connection stream handed to tonic.
 pub struct Incoming {
     listener: TcpListener,
+    unix: Option<UnixListener>,
+    /// Which listener is polled first (they take turns).
+    unix_first: bool,
+    tls: Option<TlsAcceptor>,
+    handshakes: JoinSet<Result<Conn, super::handshake::HandshakeError>>,
     places: Places,
     deadlines: Deadlines,
     budget: Option<FdBudget>,
@@ -131,6 +142,7 @@ pub struct Incoming {
     refused: Every,
     evicted: Every,
     failed: Every,
+    tls_failed: Every,
 }
 
 impl Incoming {
@@ -155,6 +167,10 @@ impl Incoming {
         });
         Incoming {
             listener,
+            unix: None,
+            unix_first: false,
+            tls: None,
+            handshakes: JoinSet::new(),
             places: Places::new(max),
             deadlines,
             budget,
@@ -165,6 +181,48 @@ impl Incoming {
             refused: Every::default(),
             evicted: Every::default(),
             failed: Every::default(),
+            tls_failed: Every::default(),
+        }
+    }
+
+    /// Also accepts on the Unix socket `unix` (never with TLS).
+    pub fn with_unix(mut self, unix: UnixListener) -> Incoming {
+        self.unix = Some(unix);
+        self
+    }
+
+    /// Serves TLS on the TCP listener.
+    pub fn with_tls(mut self, tls: TlsAcceptor) -> Incoming {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The next connection on either listener, and who it is from (for
+    /// the log).
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<(Stream, String)>> {
+        self.unix_first = !self.unix_first;
+        let tcp = |l: &TcpListener, cx: &mut Context<'_>| {
+            l.poll_accept(cx)
+                .map_ok(|(s, peer)| (Stream::Tcp(s), peer.to_string()))
+        };
+        let unix = |l: &Option<UnixListener>, cx: &mut Context<'_>| match l {
+            Some(l) => l.poll_accept(cx).map_ok(|(s, _)| {
+                let s = Stream::Unix(s);
+                let who = format!("{} on the Unix socket", s.identity());
+                (s, who)
+            }),
+            None => Poll::Pending,
+        };
+        if self.unix_first {
+            match unix(&self.unix, cx) {
+                Poll::Pending => tcp(&self.listener, cx),
+                ready => ready,
+            }
+        } else {
+            match tcp(&self.listener, cx) {
+                Poll::Pending => unix(&self.unix, cx),
+                ready => ready,
+            }
         }
     }
 
@@ -199,12 +257,15 @@ impl Incoming {
     }
 }
 
-/// The launcher's gRPC connections: at most `max`, lowered when the
+/// The launcher's gRPC connections, on `listener` (with `tls` when set)
+/// and `unix` (when set): at most `max`, lowered when the
 /// open-file limit would not leave the controller its reserve, with the
 /// default [`Deadlines`]; the reserve grows with the instances in
 /// `snapshots`.
 pub fn bounded(
     listener: TcpListener,
+    unix: Option<UnixListener>,
+    tls: Option<TlsAcceptor>,
     max: usize,
     snapshots: tokio::sync::watch::Receiver<std::sync::Arc<crate::controller::snapshot::Snapshot>>,
 ) -> Incoming {
@@ -233,9 +294,16 @@ pub fn bounded(
         d.handshake,
         d.idle
     );
-    Incoming::new(listener, max, d, budget, move || {
+    let mut incoming = Incoming::new(listener, max, d, budget, move || {
         snapshots.borrow().instances.len()
-    })
+    });
+    if let Some(unix) = unix {
+        incoming = incoming.with_unix(unix);
+    }
+    if let Some(tls) = tls {
+        incoming = incoming.with_tls(tls);
+    }
+    incoming
 }
 
 /// Errors of one pending connection (it is gone; the next may be fine).
@@ -259,7 +327,21 @@ impl tokio_stream::Stream for Incoming {
             this.pause = None;
         }
         for _ in 0..REFUSALS_PER_POLL {
-            match this.listener.poll_accept(cx) {
+            if let Poll::Ready(Some(done)) = this.handshakes.poll_join_next(cx) {
+                match done {
+                    Ok(Ok(conn)) => return Poll::Ready(Some(Ok(conn))),
+                    Ok(Err(why)) => {
+                        if let Some(skipped) = this.tls_failed.tick() {
+                            tracing::warn!(
+                                "{why} ({skipped} more TLS handshakes failed since the last report)"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!("a TLS handshake task ended: {e}"),
+                }
+                continue;
+            }
+            match this.poll_accept(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok((stream, peer))) => {
                     this.backoff = BACKOFF_MIN;
@@ -276,14 +358,31 @@ impl tokio_stream::Stream for Incoming {
                         }
                         Taken::Full => Err(Refusal::Cap(this.places.max())),
                     });
-                    match admitted {
-                        Ok(place) => {
+                    match (admitted, stream) {
+                        (Ok(place), Stream::Tcp(tcp)) => {
                             // Small replies must not wait for the client's
                             // delayed ACK; only latency is at stake.
-                            let _ = stream.set_nodelay(true);
+                            let _ = tcp.set_nodelay(true);
+                            match &this.tls {
+                                Some(tls) => {
+                                    this.handshakes.spawn(super::handshake::tls(
+                                        tls.clone(),
+                                        tcp,
+                                        place,
+                                        this.deadlines,
+                                        Instant::now(),
+                                    ));
+                                }
+                                None => {
+                                    let conn = Conn::new(Stream::Tcp(tcp), place, this.deadlines);
+                                    return Poll::Ready(Some(Ok(conn)));
+                                }
+                            }
+                        }
+                        (Ok(place), stream) => {
                             return Poll::Ready(Some(Ok(Conn::new(stream, place, this.deadlines))));
                         }
-                        Err(why) => {
+                        (Err(why), stream) => {
                             drop(stream);
                             if let Some(skipped) = this.refused.tick() {
                                 tracing::warn!(

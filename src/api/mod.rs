@@ -4,10 +4,17 @@
 
 pub mod conn;
 pub mod convert;
+mod handshake;
 pub mod identity;
 pub mod incoming;
+pub mod listen;
 mod logs;
 mod steer;
+pub mod stream;
+pub mod tls;
+#[cfg(test)]
+mod transport_tests;
+pub mod unix;
 mod watch;
 
 use std::sync::Arc;

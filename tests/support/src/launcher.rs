@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::bins::{LAUNCHER, bin_path};
 use crate::files::{read_lossy, tail};
 use crate::grpc::grpcurl::grpcurl_call;
-use crate::grpc::{GrpcClient, GrpcError, SERVICE, probe};
+use crate::grpc::{GrpcClient, GrpcError, SERVICE, Target, probe, probe_unix};
 use crate::wait::{READY_TIMEOUT, STOP_TIMEOUT};
 
 /// How the tests' calls reach the launcher.
@@ -39,6 +39,8 @@ pub struct Launcher {
     /// RLIMIT_NOFILE (soft and hard) the launcher starts with.
     fd_limit: Option<u64>,
     transport: Transport,
+    /// Where the readiness check and the kit's calls go.
+    target: Target,
 }
 
 impl Launcher {
@@ -49,11 +51,12 @@ impl Launcher {
         log_path: PathBuf,
         fd_limit: Option<u64>,
         via_grpcurl: bool,
+        target: Target,
     ) -> Launcher {
         let transport = if via_grpcurl {
             Transport::Grpcurl
         } else {
-            Transport::Tonic(Box::new(GrpcClient::new(grpc_port)))
+            Transport::Tonic(Box::new(GrpcClient::of(target.clone())))
         };
         let mut l = Launcher {
             child: None,
@@ -63,6 +66,7 @@ impl Launcher {
             log_path,
             fd_limit,
             transport,
+            target,
         };
         l.start();
         l
@@ -124,14 +128,18 @@ impl Launcher {
                     tail(&read_lossy(&self.log_path), 80)
                 );
             }
-            let last = match probe(self.grpc_port, Duration::from_secs(5)) {
+            let probed = match &self.target {
+                Target::Tcp(port) => probe(*port, Duration::from_secs(5)),
+                Target::Unix(path) => probe_unix(path, Duration::from_secs(5)),
+            };
+            let last = match probed {
                 Ok(_) => return,
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
                 panic!(
-                    "prism-launcher did not serve {SERVICE} on 127.0.0.1:{} within {READY_TIMEOUT:?} ({last})\n--- launcher log ---\n{}",
-                    self.grpc_port,
+                    "prism-launcher did not serve {SERVICE} on {:?} within {READY_TIMEOUT:?} ({last})\n--- launcher log ---\n{}",
+                    self.target,
                     tail(&read_lossy(&self.log_path), 80)
                 );
             }

@@ -45,6 +45,7 @@ pub struct TestEnvBuilder {
     fd_limit: Option<u64>,
     via_grpcurl: bool,
     metrics: bool,
+    unix_socket: bool,
 }
 
 impl TestEnvBuilder {
@@ -103,6 +104,11 @@ impl TestEnvBuilder {
         self
     }
 
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.envs.push((key.into(), value.into()));
         self
@@ -140,6 +146,14 @@ impl TestEnvBuilder {
     /// that no test launcher takes the default port 9464).
     pub fn with_metrics(mut self) -> Self {
         self.metrics = true;
+        self
+    }
+
+    /// Serves the API on a Unix socket too (`--unix-socket`, at
+    /// [`TestEnv::socket_path`]); the kit's readiness check and calls go
+    /// there instead of the TCP port (which may then serve TLS).
+    pub fn unix_socket(mut self) -> Self {
+        self.unix_socket = true;
         self
     }
 
@@ -214,6 +228,11 @@ impl TestEnvBuilder {
             args.push("--port-range".into());
             args.push(format!("{a}-{b}"));
         }
+        let socket = root.join(SOCKET_NAME);
+        if self.unix_socket {
+            args.push("--unix-socket".into());
+            args.push(socket.display().to_string());
+        }
         args.extend(self.extra_args);
         let mut envs = vec![
             ("RUST_LOG".to_string(), "info".to_string()),
@@ -242,6 +261,11 @@ impl TestEnvBuilder {
             log_path,
             self.fd_limit,
             self.via_grpcurl,
+            if self.unix_socket {
+                crate::grpc::Target::Unix(socket)
+            } else {
+                crate::grpc::Target::Tcp(env.ports.grpc_port())
+            },
         );
         env.launcher = Some(launcher);
         env
@@ -269,6 +293,9 @@ fn copy_sample(patterns: &Path, name: &str) {
     fs::copy(&bin, dst.join(name))
         .unwrap_or_else(|e| panic!("cannot copy {} into {}: {e}", bin.display(), dst.display()));
 }
+
+/// The file name of the launcher's Unix socket in the test's temp dir.
+const SOCKET_NAME: &str = "api.sock";
 
 /// One test's world: a temp dir with patterns/, desired/, state/, a block of
 /// ports, a token, and the launcher running on them.
@@ -299,6 +326,7 @@ impl TestEnv {
             fd_limit: None,
             via_grpcurl: false,
             metrics: false,
+            unix_socket: false,
         }
     }
 
@@ -313,6 +341,11 @@ impl TestEnv {
 
     fn launcher_ref(&self) -> &Launcher {
         self.launcher.as_ref().expect("launcher handle")
+    }
+
+    /// The launcher's Unix socket (with [`TestEnvBuilder::unix_socket`]).
+    pub fn socket_path(&self) -> PathBuf {
+        self.root.join(SOCKET_NAME)
     }
 
     /// A path inside the test's temp dir.

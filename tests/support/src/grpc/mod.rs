@@ -2,8 +2,9 @@
 //! tonic client, with requests and replies in grpcurl's JSON ([`json`]) and
 //! errors named as grpcurl names them ([`GrpcError`]), so a test reads the
 //! same either way. [`GrpcClient`] is the one connection of a test's
-//! launcher; [`grpc_call`] a call on a connection of its own; [`probe`]
-//! the readiness check; [`logs`] the streams of GetLogs. [`grpcurl`] runs
+//! launcher (over TCP or the launcher's Unix socket, [`Target`]);
+//! [`grpc_call`] a call on a connection of its own; [`probe`] the
+//! readiness check; [`logs`] the streams of GetLogs. [`grpcurl`] runs
 //! the real grpcurl, for the tests that check what a user types.
 
 pub mod api;
@@ -14,6 +15,7 @@ pub mod watch;
 
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -150,13 +152,42 @@ fn endpoint(port: u16) -> Endpoint {
         .tcp_nodelay(true)
 }
 
+/// Where a test's calls go: the TCP port on 127.0.0.1, or the launcher's
+/// Unix socket (`--unix-socket`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// 127.0.0.1:port.
+    Tcp(u16),
+    /// A Unix socket.
+    Unix(PathBuf),
+}
+
+/// A channel to `target`, connected at the first call.
+pub fn lazy_channel(target: &Target) -> Channel {
+    match target {
+        Target::Tcp(port) => endpoint(*port).connect_lazy(),
+        Target::Unix(path) => {
+            let path = path.clone();
+            Endpoint::from_static("http://localhost")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        let s = tokio::net::UnixStream::connect(&path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(s))
+                    }
+                }))
+        }
+    }
+}
+
 /// The gRPC client of one launcher: a tokio runtime of its own (one
 /// worker, which keeps the connection alive between calls: it answers the
 /// server's keepalive pings) and one HTTP/2 connection, opened at the first
 /// call and shared by every thread of the test. [`GrpcClient::reconnect`]
 /// drops it (the launcher restarted); the next call opens a new one.
 pub struct GrpcClient {
-    port: u16,
+    target: Target,
     rt: Runtime,
     client: Mutex<Option<PatternLauncherClient<Channel>>>,
 }
@@ -164,6 +195,11 @@ pub struct GrpcClient {
 impl GrpcClient {
     /// A client of `127.0.0.1:port`; nothing is connected yet.
     pub fn new(port: u16) -> GrpcClient {
+        GrpcClient::of(Target::Tcp(port))
+    }
+
+    /// A client of `target`; nothing is connected yet.
+    pub fn of(target: Target) -> GrpcClient {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("testkit-grpc")
@@ -171,7 +207,7 @@ impl GrpcClient {
             .build()
             .expect("a tokio runtime for the gRPC client");
         GrpcClient {
-            port,
+            target,
             rt,
             client: Mutex::new(None),
         }
@@ -181,7 +217,7 @@ impl GrpcClient {
         let mut slot = self.client.lock().unwrap_or_else(PoisonError::into_inner);
         slot.get_or_insert_with(|| {
             let _in_runtime = self.rt.enter();
-            PatternLauncherClient::new(endpoint(self.port).connect_lazy())
+            PatternLauncherClient::new(lazy_channel(&self.target))
         })
         .clone()
     }
@@ -226,6 +262,29 @@ pub fn grpc_call_within(
                 .await
                 .map_err(|e| unavailable(format!("cannot connect to 127.0.0.1:{port}: {e}")))?;
             invoke(&mut PatternLauncherClient::new(channel), method, request).await
+        };
+        tokio::time::timeout(max_time, call)
+            .await
+            .unwrap_or_else(|_| Err(deadline_exceeded(max_time)))
+    })
+}
+
+/// The readiness check on the Unix socket at `path`: `Health` on a
+/// connection of its own.
+pub fn probe_unix(path: &std::path::Path, max_time: Duration) -> Result<Value, GrpcError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(async {
+        let call = async {
+            let channel = lazy_channel(&Target::Unix(path.to_path_buf()));
+            invoke(
+                &mut PatternLauncherClient::new(channel),
+                "Health",
+                &serde_json::json!({}),
+            )
+            .await
         };
         tokio::time::timeout(max_time, call)
             .await

@@ -63,6 +63,23 @@ impl Watch {
         Ok(Watch { rt, stream })
     }
 
+    /// Opens a Watch with `request` on `target` (a TCP port or the
+    /// launcher's Unix socket).
+    pub fn open_on(
+        target: &super::Target,
+        request: proto::WatchRequest,
+    ) -> Result<Watch, tonic::Status> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let stream = rt.block_on(async {
+            let mut client = PatternLauncherClient::new(super::lazy_channel(target));
+            client.watch(request).await.map(tonic::Response::into_inner)
+        })?;
+        Ok(Watch { rt, stream })
+    }
+
     /// A Watch of everything from the current state.
     pub fn all(port: u16) -> Watch {
         Watch::open(port, proto::WatchRequest::default()).expect("Watch")
