@@ -352,9 +352,8 @@ mod tests {
 
     use super::*;
     use crate::controller::ControllerHandle;
-    use crate::reconcile::{Phase, PlanConfig};
+    use crate::reconcile::PlanConfig;
     use crate::runtime::logs::{LogEcho, log_path};
-    use crate::spec::Isolation;
 
     const WAIT: Duration = Duration::from_secs(20);
 
@@ -362,25 +361,8 @@ mod tests {
         let mut parts = process_id.split(':');
         let namespace = parts.next().unwrap_or_default().to_string();
         let _ = parts.next();
-        Arc::new(InstanceStatus {
-            process_id: process_id.to_string(),
-            pattern: parts.next().unwrap_or_default().to_string(),
-            isolation: Isolation::Namespace,
-            namespace,
-            session_id: String::new(),
-            phase: Phase::Running,
-            pid: None,
-            grpc_port: 0,
-            health_port: 0,
-            started_at: None,
-            healthy: true,
-            last_error: String::new(),
-            error_count: 0,
-            restart_count: 0,
-            failed_starts: 0,
-            source: "api".into(),
-            limits: String::new(),
-        })
+        let pattern = parts.next().unwrap_or_default();
+        Arc::new(InstanceStatus::sample(process_id, pattern, &namespace))
     }
 
     fn snapshot(ids: &[&str]) -> Arc<Snapshot> {

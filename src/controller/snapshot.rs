@@ -72,6 +72,31 @@ impl InstanceStatus {
         }
     }
 
+    /// A running, healthy instance of `pattern` in `namespace`, declared by
+    /// the API (tests).
+    #[cfg(test)]
+    pub fn sample(process_id: &str, pattern: &str, namespace: &str) -> Self {
+        InstanceStatus {
+            process_id: process_id.to_string(),
+            pattern: pattern.to_string(),
+            isolation: Isolation::Namespace,
+            namespace: namespace.to_string(),
+            session_id: String::new(),
+            phase: Phase::Running,
+            pid: None,
+            grpc_port: 0,
+            health_port: 0,
+            started_at: None,
+            healthy: true,
+            last_error: String::new(),
+            error_count: 0,
+            restart_count: 0,
+            failed_starts: 0,
+            source: "api".into(),
+            limits: String::new(),
+        }
+    }
+
     /// `localhost:<GRPC_PORT>`.
     pub fn address(&self) -> String {
         format!("localhost:{}", self.grpc_port)

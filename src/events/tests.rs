@@ -200,27 +200,7 @@ fn counts_and_recent_events_are_kept_by_instance() {
 fn a_snapshot_start_lists_the_instances_at_the_latest_revision() {
     let log = EventLog::in_memory();
     let mut snap = Snapshot::default();
-    let status = |id: &str| {
-        Arc::new(InstanceStatus {
-            process_id: id.to_string(),
-            pattern: "p".into(),
-            isolation: crate::spec::Isolation::Namespace,
-            namespace: id.trim_start_matches("p:").to_string(),
-            session_id: String::new(),
-            phase: crate::reconcile::Phase::Running,
-            pid: Some(7),
-            grpc_port: 1,
-            health_port: 2,
-            started_at: None,
-            healthy: true,
-            last_error: String::new(),
-            error_count: 0,
-            restart_count: 0,
-            failed_starts: 0,
-            source: "api".into(),
-            limits: String::new(),
-        })
-    };
+    let status = |id: &str| Arc::new(InstanceStatus::sample(id, "p", id.trim_start_matches("p:")));
     for id in ["p:a", "p:b"] {
         snap.instances.insert(id.to_string(), status(id));
     }
