@@ -326,8 +326,7 @@ impl<R: Runtime> Controller<R> {
                 // Not running: start now, whatever backoff or open circuit
                 // held it.
                 if let Some(o) = self.observed.get_mut(id) {
-                    transitions::close_circuit(o);
-                    o.restart_now = true;
+                    transitions::restart_requested(o);
                 }
                 self.emit_by(
                     id,

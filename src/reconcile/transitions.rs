@@ -303,6 +303,15 @@ pub fn close_circuit(o: &mut ObservedInstance) -> bool {
     true
 }
 
+/// An operator asked for a restart while no process runs: it starts at
+/// once, whatever backoff or open circuit held it. Returns whether the
+/// circuit was open.
+pub fn restart_requested(o: &mut ObservedInstance) -> bool {
+    let was_open = close_circuit(o);
+    o.restart_now = true;
+    was_open
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -389,6 +398,20 @@ mod tests {
             "counted once: {}",
             out.message
         );
+    }
+
+    #[test]
+    fn a_restart_asked_for_starts_at_once_and_closes_an_open_circuit() {
+        let mut backing_off = instance(Phase::Exited);
+        backing_off.consecutive_failures = 3;
+        assert!(!restart_requested(&mut backing_off));
+        assert!(backing_off.restart_now);
+        let mut broken = instance(Phase::Failed);
+        broken.consecutive_failures = 5;
+        assert!(restart_requested(&mut broken));
+        assert_eq!(broken.phase, Phase::Exited);
+        assert_eq!(broken.consecutive_failures, 0);
+        assert!(broken.restart_now);
     }
 
     #[test]
