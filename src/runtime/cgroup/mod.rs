@@ -101,6 +101,9 @@ fn read_pids(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Longest wait for a killed cgroup to empty.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
 /// Reads `key <n>` from a flat-keyed file.
 fn keyed(path: &Path, key: &str) -> Option<u64> {
     std::fs::read_to_string(path)
@@ -376,7 +379,20 @@ impl Cgroups {
     /// SIGKILLs every process in the instance's cgroup. On v2 through
     /// `cgroup.kill`; on v1 the cgroup is frozen first (when the freezer
     /// is there) so nothing forks while the pids are killed one by one.
+    ///
+    /// Returns once the cgroup is empty (SIGKILL is delivered
+    /// asynchronously, and on v1 only once the tasks thaw), or after
+    /// [`KILL_WAIT`]: whoever acts on "the tree is gone" can.
     pub fn kill_all(&self, process_id: &str) -> Result<(), CgroupError> {
+        self.send_kill(process_id)?;
+        let deadline = Instant::now() + KILL_WAIT;
+        while !self.pids(process_id).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    fn send_kill(&self, process_id: &str) -> Result<(), CgroupError> {
         let l = leaf(process_id);
         match self {
             Cgroups::V2(v) => {
