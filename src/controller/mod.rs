@@ -95,6 +95,8 @@ pub struct Controller<R: Runtime = LinuxRuntime> {
     held: Held,
     /// The starts prepared in this pass, run together after its actions.
     starts: Vec<StartJob>,
+    /// Starts left for the next pass, this one's batch being full.
+    starts_deferred: bool,
     commands: mpsc::Receiver<Command>,
     events: mpsc::UnboundedReceiver<ProcEvent>,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
@@ -180,6 +182,7 @@ impl<R: Runtime> Controller<R> {
             observed: Observed::new(),
             held,
             starts: Vec::new(),
+            starts_deferred: false,
             commands,
             events,
             snapshot_tx,
@@ -253,8 +256,11 @@ impl<R: Runtime> Controller<R> {
                 return;
             }
             // Actions change the state: plan again at once, but never spin.
+            // Starts left for the next pass: take in what arrived, then go
+            // on at once.
+            let deferred = std::mem::take(&mut self.starts_deferred);
             passes_in_a_row = if acted { passes_in_a_row + 1 } else { 0 };
-            if acted && passes_in_a_row < 8 {
+            if acted && passes_in_a_row < 8 && !deferred {
                 continue;
             }
             let wake = [wake_at, reap_at, Some(self.next_sweep), Some(now + RESYNC)]
@@ -262,6 +268,7 @@ impl<R: Runtime> Controller<R> {
                 .flatten()
                 .min()
                 .unwrap_or(now + RESYNC);
+            let wake = if deferred { now } else { wake };
             self.ingest(wake).await;
         }
     }

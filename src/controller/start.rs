@@ -5,11 +5,19 @@
 //! taken in as transitions. Also the cgroup work the controller queues,
 //! which a start waits for.
 //!
+//! A pass starts at most [`START_CHUNK`] processes: the rest wait for the
+//! next pass, which comes at once, after the loop has taken in what
+//! arrived meanwhile and published what started. A cold start of
+//! thousands is seen (and answered) as it goes, not at its end.
+//!
 //! Every decision was made before it gets here.
 
 use super::*;
 use crate::events::Reason;
 use crate::runtime::{CgroupWork, StartJob, StartOutcome};
+
+/// Most processes started in one pass.
+pub(super) const START_CHUNK: usize = 16;
 
 impl<R: Runtime> Controller<R> {
     /// Queues `work` on `id`'s cgroup; nothing starts there until it is
@@ -30,6 +38,10 @@ impl<R: Runtime> Controller<R> {
     /// Prepares a start of `id` for this pass's batch; nothing when it
     /// cannot start now (it is retried at the next pass).
     pub(super) fn prepare_start(&mut self, id: &str, reset_breaker: bool, now: Instant) {
+        if self.starts.len() >= START_CHUNK {
+            self.starts_deferred = true;
+            return;
+        }
         let Some(d) = self.desired.get(id) else {
             return;
         };

@@ -115,6 +115,8 @@ pub struct FakeState {
     pub hold_cgroup_work: bool,
     /// Cgroup work held, in the order queued.
     pub held_work: Vec<(String, CgroupWork)>,
+    /// The size of each batch of starts, in order.
+    pub batches: Vec<usize>,
     next_pid: u32,
 }
 
@@ -267,6 +269,7 @@ impl Runtime for FakeRuntime {
         &mut self,
         jobs: Vec<StartJob>,
     ) -> impl Future<Output = Vec<(StartJob, StartOutcome)>> + Send {
+        self.state().batches.push(jobs.len());
         let done: Vec<(StartJob, StartOutcome)> = jobs
             .into_iter()
             .map(|job| {

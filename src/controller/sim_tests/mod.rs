@@ -517,3 +517,32 @@ async fn a_changed_manifest_restarts_its_instances_one_at_a_time() {
         .collect();
     assert_eq!(order, expected);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_of_many_runs_in_batches_of_at_most_sixteen() {
+    let healthy = Behaviour {
+        healthy_at_start: true,
+        ..Behaviour::default()
+    };
+    let sim = Sim::start(&["p"], healthy, |_| {});
+    let docs: Vec<DesiredDoc> = (0..40).map(|i| doc(&format!("t{i}"), &[])).collect();
+    sim.desired
+        .send(FileEvent::Changed {
+            name: "many.yaml".into(),
+            result: Ok(docs),
+        })
+        .unwrap();
+    sim.until("all 40 running", |s| {
+        s.instances.len() == 40 && s.instances.values().all(|i| i.phase == Phase::Running)
+    })
+    .await;
+    let batches = sim.fake.state().batches.clone();
+    assert_eq!(batches, vec![16, 16, 8], "starts per batch");
+    let starts = sim
+        .fake
+        .calls()
+        .iter()
+        .filter(|(_, c)| matches!(c, Call::Start { .. }))
+        .count();
+    assert_eq!(starts, 40, "each instance started once");
+}
