@@ -45,8 +45,14 @@ pub const DEFAULT_LOG_KEEP: usize = 3;
 /// The largest `--log-keep`.
 pub const MAX_LOG_KEEP: usize = 100;
 
-/// How often every followed file is checked whatever inotify said.
+/// How often every followed file is checked whatever inotify said, while
+/// the directory is not watched (the watch could not be set up).
 const BACKSTOP: Duration = Duration::from_secs(5);
+
+/// The same once the directory is watched: inotify reports every write,
+/// and a lost event (its queue overflowed) makes both threads look at
+/// every file at once ([`Msg::Sweep`]); this is the last resort.
+const BACKSTOP_WATCHED: Duration = Duration::from_secs(30);
 
 /// The file of an instance's output inside the logs directory.
 pub fn log_path(logs_dir: &Path, process_id: &str) -> PathBuf {
@@ -61,6 +67,10 @@ enum Msg {
     Untrack(PathBuf),
     /// Files were written: see [`Changed`].
     Wake,
+    /// Look at every file now: inotify lost events.
+    Sweep,
+    /// The directory is watched: look at every file only this often.
+    Backstop(Duration),
     /// Hand the lines of a file to a follower from now on (the echo
     /// only); answered once in force.
     Subscribe(
@@ -177,6 +187,13 @@ impl LogEcho {
         let echo = Inbox::start("log-echo", |rx, changed| echo::follow(&rx, &changed));
         let (rotate_tx, echo_tx) = (rotate.tx.clone(), echo.tx.clone());
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Events were lost (the queue overflowed) or the watch failed:
+            // every file is looked at.
+            if res.as_ref().map_or(true, notify::Event::need_rescan) {
+                let _ = rotate.tx.send(Msg::Sweep);
+                let _ = echo.tx.send(Msg::Sweep);
+                return;
+            }
             // Only writes matter. Opens and reads must not count: the
             // echo's own reads would wake it again, forever.
             if let Ok(ev) = res
@@ -203,7 +220,11 @@ impl LogEcho {
             Ok(w)
         });
         let watcher = match watcher {
-            Ok(w) => Some(Arc::new(w)),
+            Ok(w) => {
+                let _ = rotate_tx.send(Msg::Backstop(BACKSTOP_WATCHED));
+                let _ = echo_tx.send(Msg::Backstop(BACKSTOP_WATCHED));
+                Some(Arc::new(w))
+            }
             Err(e) => {
                 tracing::warn!(
                     "cannot watch {} ({e}); instance logs are rotated and echoed every few seconds",

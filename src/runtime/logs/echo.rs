@@ -46,7 +46,8 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed) {
     // Subscriptions of files not followed (yet, or any more).
     let mut waiting: HashMap<PathBuf, Vec<Subscription>> = HashMap::new();
     let mut buf = vec![0u8; CHUNK];
-    let mut next_sweep = Instant::now() + BACKSTOP;
+    let mut backstop = BACKSTOP;
+    let mut next_sweep = Instant::now() + backstop;
     loop {
         let next = files
             .values()
@@ -55,6 +56,11 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed) {
         let msg = rx.recv_timeout(next.saturating_duration_since(Instant::now()));
         let now = Instant::now();
         match msg {
+            Ok(Msg::Sweep) => next_sweep = now,
+            Ok(Msg::Backstop(every)) => {
+                backstop = every;
+                next_sweep = now + every;
+            }
             Ok(Msg::Track(p, id, generations, from)) => {
                 // From where the process began writing; a file shorter
                 // than that was truncated meanwhile: from its start.
@@ -110,7 +116,7 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed) {
         // with output left to echo or a report to make.
         let sweep = now >= next_sweep;
         if sweep {
-            next_sweep = now + BACKSTOP;
+            next_sweep = now + backstop;
             waiting.retain(|_, subs| {
                 subs.retain(|s| !s.closed());
                 !subs.is_empty()

@@ -109,7 +109,8 @@ impl Generations {
 pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed, cap: u64, keep: usize) {
     let reaper = start_reaper();
     let mut files: HashMap<PathBuf, Followed> = HashMap::new();
-    let mut next_sweep = Instant::now() + BACKSTOP;
+    let mut backstop = BACKSTOP;
+    let mut next_sweep = Instant::now() + backstop;
     loop {
         let next = files
             .values()
@@ -118,6 +119,11 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed, cap: u64, keep
         let msg = rx.recv_timeout(next.saturating_duration_since(Instant::now()));
         let now = Instant::now();
         match msg {
+            Ok(Msg::Sweep) => next_sweep = now,
+            Ok(Msg::Backstop(every)) => {
+                backstop = every;
+                next_sweep = now + every;
+            }
             Ok(Msg::Track(p, process_id, generations, _)) => {
                 let f = files.entry(p.clone()).or_insert_with(|| Followed {
                     process_id,
@@ -150,7 +156,7 @@ pub(super) fn follow(rx: &mpsc::Receiver<Msg>, changed: &Changed, cap: u64, keep
         // growing fast.
         let sweep = now >= next_sweep;
         if sweep {
-            next_sweep = now + BACKSTOP;
+            next_sweep = now + backstop;
         }
         for (p, f) in &mut files {
             if sweep || f.due.is_some_and(|d| d <= now) {
