@@ -162,6 +162,8 @@ impl LinuxRuntime {
         log_keep: usize,
         events: mpsc::UnboundedSender<ProcEvent>,
     ) -> Result<LinuxRuntime, LinuxSetupError> {
+        // Before instances open their descriptors: as low as can be.
+        super::spawn::slots::reserve();
         let logs_dir = state_dir.join("logs");
         let dir_err = |source| LinuxSetupError::LogsDir {
             path: logs_dir.clone(),

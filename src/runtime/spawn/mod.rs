@@ -25,6 +25,7 @@ use crate::spec::manifest::Pattern;
 
 mod credentials;
 mod executable;
+pub mod slots;
 mod stack;
 use credentials::ChildCreds;
 pub use credentials::{RunAsError, check_run_as};
@@ -355,7 +356,14 @@ impl ChildSetup {
             .creds
             .as_ref()
             .and_then(|_| *DUMPABLE.get_or_init(|| nix::sys::prctl::get_dumpable().ok()));
-        let flags = CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
+        // The child shares our descriptor table until its first system
+        // call gives it one with the slots only (see [`slots`]).
+        let filled = slots::Slots::fill(&self.stdio)?;
+        let shared = filled.as_ref().map(slots::Filled::raw);
+        let mut flags = CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK;
+        if shared.is_some() {
+            flags |= CloneFlags::CLONE_FILES;
+        }
         // SAFETY: with CLONE_VFORK this thread is suspended until the child
         // execs or exits, so everything the child reads (self, the
         // atomics, its stack) outlives its use. The child shares our
@@ -369,13 +377,14 @@ impl ChildSetup {
         // an overflow faults instead of writing over our memory.
         let cloned = unsafe {
             nix::sched::clone(
-                Box::new(|| self.in_child(&stage, &errno, &joined)),
+                Box::new(|| self.in_child(&stage, &errno, &joined, shared)),
                 stack.as_mut_slice(),
                 flags,
                 Some(nix::libc::SIGCHLD),
             )
         };
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        drop(filled);
         if let Some(was) = dumpable
             && nix::sys::prctl::get_dumpable().ok() != Some(was)
         {
@@ -447,7 +456,13 @@ impl ChildSetup {
 
     /// The child's side, up to exec. Never returns.
     #[allow(unsafe_code)]
-    fn in_child(&self, stage: &AtomicI32, errno: &AtomicI32, joined: &AtomicBool) -> isize {
+    fn in_child(
+        &self,
+        stage: &AtomicI32,
+        errno: &AtomicI32,
+        joined: &AtomicBool,
+        shared: Option<[std::os::fd::RawFd; 3]>,
+    ) -> isize {
         use nix::libc;
         let fail = |at: i32| -> isize {
             errno.store(nix::errno::Errno::last_raw(), Ordering::SeqCst);
@@ -458,6 +473,30 @@ impl ChildSetup {
         // SAFETY (whole block): only async-signal-safe calls on memory
         // prepared before the clone (see `start`).
         unsafe {
+            // Sharing the launcher's descriptor table (CLONE_FILES): first
+            // a table of our own, with the descriptors up to the slots
+            // only. Nothing else touches a descriptor before this.
+            let stdio = match shared {
+                Some(slots) => {
+                    let above = slots.iter().max().map_or(3, |m| m + 1) as libc::c_uint;
+                    let unshared = libc::syscall(
+                        libc::SYS_close_range,
+                        above,
+                        libc::c_uint::MAX,
+                        libc::CLOSE_RANGE_UNSHARE,
+                    ) == 0;
+                    // Before Linux 5.9: a whole copy.
+                    if !unshared && libc::unshare(libc::CLONE_FILES) != 0 {
+                        return fail(STAGE_STDIO);
+                    }
+                    slots
+                }
+                None => [
+                    self.stdio[0].as_raw_fd(),
+                    self.stdio[1].as_raw_fd(),
+                    self.stdio[2].as_raw_fd(),
+                ],
+            };
             // Handlers back to the default before signals are unblocked;
             // SIGPIPE too, which the Rust runtime ignores. Other ignored
             // signals stay ignored, as across any exec.
@@ -480,8 +519,8 @@ impl ChildSetup {
             if libc::setpgid(0, 0) != 0 {
                 return fail(STAGE_PGID);
             }
-            for (fd, target) in self.stdio.iter().zip(0..) {
-                if libc::dup2(fd.as_raw_fd(), target) < 0 {
+            for (fd, target) in stdio.into_iter().zip(0..) {
+                if libc::dup2(fd, target) < 0 {
                     return fail(STAGE_STDIO);
                 }
             }

@@ -444,3 +444,56 @@ fn a_user_that_was_never_looked_up_is_not_started() {
         "{e}"
     );
 }
+
+#[test]
+fn a_child_that_shares_our_descriptors_until_it_unshares_gets_only_its_stdio_and_leaves_ours() {
+    use std::os::fd::AsRawFd;
+    super::slots::reserve();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("pattern");
+    std::fs::create_dir(&dir).unwrap();
+    // Many descriptors of ours, some of them without close-on-exec.
+    let mine: Vec<std::fs::File> = (0..300)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    for f in mine.iter().step_by(7) {
+        nix::fcntl::fcntl(
+            f,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .unwrap();
+    }
+    let ino = |fd: i32| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/self/fd/{fd}")).map(|m| (m.dev(), m.ino()))
+    };
+    let ours: Vec<(i32, _)> = (0..3)
+        .chain(mine.iter().map(AsRawFd::as_raw_fd))
+        .map(|fd| (fd, ino(fd).unwrap()))
+        .collect();
+    let log = t.path().join("out.log");
+    let script = "for f in /proc/$$/fd/*; do echo \"fd ${f##*/}\"; done; echo done >&2";
+    let pattern = sh_pattern(&dir, script);
+    let ports = Ports { grpc: 1, health: 2 };
+    let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &[], "me").unwrap();
+    assert_eq!(
+        wait(&s),
+        nix::sys::wait::WaitStatus::Exited(Pid::from_raw(s.pid as i32), 0)
+    );
+    let out = std::fs::read_to_string(&log).unwrap();
+    let fds: Vec<u32> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("fd "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    // 0-2, and the directory the shell reads the list from.
+    assert!(
+        fds.len() <= 4 && fds.iter().take(3).eq(&[0, 1, 2]),
+        "the child's descriptors: {out}"
+    );
+    assert!(out.ends_with("done\n"), "stderr into the log too: {out}");
+    // Ours are all open, each on the same file as before.
+    for (fd, was) in ours {
+        assert_eq!(ino(fd).unwrap(), was, "descriptor {fd} of the launcher");
+    }
+}
