@@ -374,7 +374,11 @@ impl ChildSetup {
         // thread-local; it calls only async-signal-safe functions on memory
         // prepared before the clone, and ends in execve or _exit, never
         // returning into our code. Its stack has a guard page below it, so
-        // an overflow faults instead of writing over our memory.
+        // an overflow faults instead of writing over our memory. With
+        // CLONE_FILES it also shares our descriptor table until its first
+        // system call gives it a table of its own: until then it touches
+        // no descriptor, and nothing of ours touches the slots while they
+        // are filled (the lock of `filled`).
         let cloned = unsafe {
             nix::sched::clone(
                 Box::new(|| self.in_child(&stage, &errno, &joined, shared)),
