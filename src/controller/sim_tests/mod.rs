@@ -519,30 +519,30 @@ async fn a_changed_manifest_restarts_its_instances_one_at_a_time() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_cold_start_of_many_runs_in_batches_of_at_most_sixteen() {
+async fn a_cold_start_of_many_runs_in_batches_of_at_most_sixty_four() {
     let healthy = Behaviour {
         healthy_at_start: true,
         ..Behaviour::default()
     };
     let sim = Sim::start(&["p"], healthy, |_| {});
-    let docs: Vec<DesiredDoc> = (0..40).map(|i| doc(&format!("t{i}"), &[])).collect();
+    let docs: Vec<DesiredDoc> = (0..150).map(|i| doc(&format!("t{i}"), &[])).collect();
     sim.desired
         .send(FileEvent::Changed {
             name: "many.yaml".into(),
             result: Ok(docs),
         })
         .unwrap();
-    sim.until("all 40 running", |s| {
-        s.instances.len() == 40 && s.instances.values().all(|i| i.phase == Phase::Running)
+    sim.until("all 150 running", |s| {
+        s.instances.len() == 150 && s.instances.values().all(|i| i.phase == Phase::Running)
     })
     .await;
     let batches = sim.fake.state().batches.clone();
-    assert_eq!(batches, vec![16, 16, 8], "starts per batch");
+    assert_eq!(batches, vec![64, 64, 22], "starts per batch");
     let starts = sim
         .fake
         .calls()
         .iter()
         .filter(|(_, c)| matches!(c, Call::Start { .. }))
         .count();
-    assert_eq!(starts, 40, "each instance started once");
+    assert_eq!(starts, 150, "each instance started once");
 }
