@@ -30,6 +30,8 @@
 //!   [`runtime::Runtime`] trait: spawn, supervisors (exit, probes), ports,
 //!   logs, cgroups, the process table, discovery of running instances.
 //! - [`api`]: the gRPC service, wire conversions, the bounded listener.
+//! - [`authz`]: who may call, what each caller may see and do; the rate
+//!   limit.
 //! - [`ctl`]: `prism-launcher ctl`, the command-line client of the API.
 //! - this file: [`Launcher`] (settings, start-up, shutdown) and the
 //!   generated [`proto`] types; `main.rs` is the command line.
@@ -37,6 +39,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod authz;
 pub mod controller;
 pub mod ctl;
 pub mod desired;
