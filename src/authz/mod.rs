@@ -15,8 +15,10 @@
 
 pub mod decide;
 pub mod policy;
+pub mod rate;
 pub mod scope;
 
 pub use decide::{Action, Decision, Grant, Mode, Refusal, Target, Verb, decide};
 pub use policy::{Policy, PolicyError, parse_policy};
+pub use rate::RateLimit;
 pub use scope::{InstanceRef, Limits};
