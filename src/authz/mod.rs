@@ -14,11 +14,13 @@
 //! transport's (`api::identity`).
 
 pub mod decide;
+pub mod live;
 pub mod policy;
 pub mod rate;
 pub mod scope;
 
 pub use decide::{Action, Decision, Grant, Mode, Refusal, Target, Verb, decide};
+pub use live::{Authz, AuthzError};
 pub use policy::{Policy, PolicyError, parse_policy};
 pub use rate::RateLimit;
 pub use scope::{InstanceRef, Limits};
