@@ -195,6 +195,9 @@ pub enum LaunchError {
     /// The server's task panicked or was cancelled.
     #[error("gRPC server: {0}")]
     ServerTask(#[source] tokio::task::JoinError),
+    /// The `--authz` policy cannot be loaded.
+    #[error(transparent)]
+    Authz(#[from] authz::AuthzError),
 }
 
 /// Settings of a launcher; build with [`Launcher::builder`].
@@ -212,6 +215,8 @@ pub struct Launcher {
     keep_instances_on_exit: bool,
     max_connections: usize,
     log_max_bytes: u64,
+    authz: Option<PathBuf>,
+    rate: (u32, u32),
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -290,6 +295,17 @@ impl LauncherBuilder {
         self.0.log_max_bytes = bytes;
         self
     }
+    /// `--authz`: the policy file; `None`: the defaults.
+    pub fn authz(mut self, file: Option<PathBuf>) -> Self {
+        self.0.authz = file;
+        self
+    }
+    /// `--rate-limit` and `--rate-burst`: mutating calls a second and at
+    /// once, per caller; 0 calls a second: no limit.
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.0.rate = (per_second, burst);
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -312,6 +328,8 @@ impl Launcher {
             keep_instances_on_exit: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_max_bytes: runtime::logs::DEFAULT_MAX_LOG_BYTES,
+            authz: None,
+            rate: (authz::rate::DEFAULT_PER_SECOND, authz::rate::DEFAULT_BURST),
         })
     }
 
@@ -336,6 +354,14 @@ impl Launcher {
             })?;
         }
         sources::state_file::make_private(&self.state_dir);
+        let authz = match &self.authz {
+            Some(file) => authz::Authz::watch(file, self.rescan)?,
+            None => authz::Authz::defaults(nix::unistd::geteuid().as_raw()),
+        };
+        let rate = std::num::NonZeroU32::new(self.rate.0).map(|per_second| {
+            let burst = std::num::NonZeroU32::new(self.rate.1).unwrap_or(per_second);
+            authz::RateLimit::new(per_second, burst)
+        });
         // Watch first, so that nothing changed during discovery is missed.
         let watchers = Watchers {
             patterns: sources::watch_patterns(self.patterns_dir.clone(), self.rescan),
@@ -420,7 +446,7 @@ impl Launcher {
             .await;
 
         let service = proto::pattern_launcher_server::PatternLauncherServer::new(
-            api::LauncherService::new(handle.clone()),
+            api::gate::Gate::new(api::LauncherService::new(handle.clone()), authz).rate_limit(rate),
         );
         tracing::info!("Serving gRPC on :{} ({addr})", self.grpc_port);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

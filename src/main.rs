@@ -73,6 +73,21 @@ struct Flags {
     /// `<file>.1`, then emptied): bytes, or a quantity like 16Mi.
     #[arg(long, default_value = "16Mi", value_parser = parse_log_max)]
     log_max_bytes: u64,
+    /// Authorization policy (YAML): who may call, with which role, in
+    /// which namespaces. Reloaded when it changes. Without it: root and
+    /// the launcher's user on the Unix socket, anyone on loopback TCP.
+    #[arg(long, value_name = "FILE")]
+    authz: Option<PathBuf>,
+    /// Mutating calls a second allowed to each caller (0: no limit).
+    #[arg(long, default_value_t = prism_launcher::authz::rate::DEFAULT_PER_SECOND)]
+    rate_limit: u32,
+    /// Mutating calls each caller may make at once, above the rate.
+    #[arg(long, default_value_t = prism_launcher::authz::rate::DEFAULT_BURST, value_parser = positive_u32)]
+    rate_burst: u32,
+}
+
+fn positive_u32(s: &str) -> Result<u32, String> {
+    positive(s).and_then(|n| u32::try_from(n).map_err(|e| format!("{s:?}: {e}")))
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -176,6 +191,8 @@ async fn main() -> anyhow::Result<()> {
         .keep_instances_on_exit(flags.keep_instances_on_exit)
         .max_connections(flags.max_connections)
         .log_max_bytes(flags.log_max_bytes)
+        .authz(flags.authz)
+        .rate_limit(flags.rate_limit, flags.rate_burst)
         .build()
         .run(shutdown)
         .await
