@@ -126,6 +126,8 @@ impl Launcher {
             }
             let last = match probe(self.grpc_port, Duration::from_secs(5)) {
                 Ok(_) => return,
+                // A refusal by the authorization in force is an answer too.
+                Err(e) if e.code == "Unauthenticated" || e.code == "PermissionDenied" => return,
                 Err(e) => e,
             };
             if Instant::now() >= deadline {
