@@ -176,3 +176,16 @@ fn errors_name_the_file_once_loaded() {
         "{e}"
     );
 }
+
+#[test]
+fn the_readmes_example_is_a_valid_policy() {
+    let readme = include_str!("../../README.md");
+    let at = readme
+        .find("**With `--authz FILE`**")
+        .expect("the README's policy section");
+    let start = at + readme[at..].find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let end = start + readme[start..].find("```").expect("the block ends");
+    let p = parse_policy(&readme[start..end]).unwrap();
+    assert_eq!(p.rules.len(), 4);
+    assert_eq!(p.rules[0].who, Who::Uid(0));
+}
