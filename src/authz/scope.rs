@@ -21,6 +21,14 @@ pub struct Limits {
     pub patterns: Option<BTreeSet<String>>,
 }
 
+/// What a limited caller is told of the launcher's own problems.
+pub const HIDDEN_PROBLEMS: &str =
+    "the launcher cannot do all of its work (an admin's Health call says why)";
+
+/// What a limited caller is told of why a desired file is refused.
+pub const HIDDEN_SOURCE_ERROR: &str =
+    "its current content is refused, the last good one stays (an admin's ListSources says why)";
+
 impl Limits {
     /// True when nothing is limited.
     pub fn is_unlimited(&self) -> bool {
@@ -84,7 +92,8 @@ impl Limits {
 
     /// The part of `snap` within the limits: its instances; the manifests
     /// of its patterns; the desired files whose every instance (at least
-    /// one) is its own. Problems of the launcher itself stay.
+    /// one) is its own. The launcher's own problems are said to exist, not
+    /// what they are (their text may name any instance).
     pub fn restrict(&self, snap: &Snapshot) -> Snapshot {
         let sources = snap
             .sources
@@ -95,11 +104,25 @@ impl Limits {
                     !s.process_ids.is_empty() && s.process_ids.iter().all(|id| self.admits_id(id))
                 }
             })
-            .cloned()
+            .map(|s| {
+                let mut s = s.clone();
+                // The refused content of a desired file may be about others.
+                if s.kind == SourceKind::Desired
+                    && let Some(e) = &mut s.error
+                {
+                    e.line = None;
+                    e.message = HIDDEN_SOURCE_ERROR.to_string();
+                }
+                s
+            })
             .collect();
         Snapshot {
             seq: snap.seq,
-            problems: snap.problems.clone(),
+            problems: std::sync::Arc::new(if snap.problems.is_empty() {
+                Vec::new()
+            } else {
+                vec![HIDDEN_PROBLEMS.to_string()]
+            }),
             instances: snap
                 .instances
                 .iter()
@@ -283,10 +306,17 @@ mod tests {
         let ids = ["ns:a:p", "ns:b:p", "shared:p", "session:a:s:q"];
         let snap = Snapshot {
             seq: 7,
-            problems: Arc::new(vec!["x".into()]),
+            problems: Arc::new(vec!["cannot open ns:b:p.log".into(), "y".into()]),
             instances: ids.iter().map(|i| ((*i).to_string(), status(i))).collect(),
             sources: Arc::new(vec![
-                source(SourceKind::Desired, "desired/a.yaml", &["ns:a:p"], ""),
+                SourceStatus {
+                    error: Some(crate::spec::yaml::YamlError {
+                        file: "desired/a.yaml".into(),
+                        line: Some(3),
+                        message: "invalid namespace \"b!\"".into(),
+                    }),
+                    ..source(SourceKind::Desired, "desired/a.yaml", &["ns:a:p"], "")
+                },
                 source(
                     SourceKind::Desired,
                     "desired/ab.yaml",
@@ -299,11 +329,17 @@ mod tests {
         };
         let r = tenant(&["a"]).restrict(&snap);
         assert_eq!(r.seq, 7);
-        assert_eq!(r.problems.len(), 1);
+        assert_eq!(
+            *r.problems,
+            [HIDDEN_PROBLEMS],
+            "said to exist, not what they are"
+        );
         let kept: Vec<&str> = r.instances.keys().map(String::as_str).collect();
         assert_eq!(kept, ["ns:a:p", "session:a:s:q"]);
         let paths: Vec<&str> = r.sources.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(paths, ["desired/a.yaml", "patterns/p/manifest.yaml"]);
+        let e = r.sources[0].error.as_ref().unwrap();
+        assert_eq!((e.line, e.message.as_str()), (None, HIDDEN_SOURCE_ERROR));
         let only_q = Limits {
             namespaces: set(&["a"]),
             patterns: set(&["q"]),
