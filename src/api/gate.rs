@@ -70,18 +70,15 @@ fn exhausted(who: &str, rate: &RateLimit, wait: Duration) -> Status {
     st
 }
 
-/// The audit line of a mutating call. Everything a caller wrote is quoted
-/// (`{:?}`), so that no line break or escape sequence reaches the log.
+/// The audit line of a mutating call: who, which call, on what, and the
+/// outcome's code (the caller has the message; what went wrong is logged
+/// where it went wrong). Everything a caller wrote is quoted (`{:?}`), so
+/// that no line break or escape sequence reaches the log.
 fn audit<R>(who: &str, method: &str, what: &str, result: &Result<R, Status>) {
     let who = who.escape_debug();
     match result {
         Ok(_) => tracing::info!(target: "audit", "{who} {method} {what}: OK"),
-        Err(s) => tracing::info!(
-            target: "audit",
-            "{who} {method} {what}: {:?}: {:?}",
-            s.code(),
-            s.message()
-        ),
+        Err(s) => tracing::info!(target: "audit", "{who} {method} {what}: {:?}", s.code()),
     }
 }
 

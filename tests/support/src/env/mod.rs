@@ -194,6 +194,11 @@ impl TestEnvBuilder {
             ports.grpc_port().to_string(),
             "--listen".into(),
             "127.0.0.1".into(),
+            // Tests make bursts of calls from one client; the rate limit
+            // is tested on its own (tests/authz.rs sets it again: the last
+            // one given counts).
+            "--rate-limit".into(),
+            "0".into(),
         ];
         if !self.default_port_range {
             let (a, b) = ports.instance_range();
