@@ -337,9 +337,18 @@ fn the_unix_socket_serves_grpcurl_with_mode_0660_and_its_group_and_names_the_cal
 
 #[test]
 fn an_unprivileged_caller_in_the_sockets_group_is_named_by_its_uid_and_one_outside_it_is_refused() {
+    // Without --authz only root and the launcher's user may call on the
+    // socket: a policy lets nobody in (tests/authz_socket.rs tests both).
+    let policy = tempfile::NamedTempFile::new().expect("a temp file");
+    std::fs::write(
+        policy.path(),
+        "rules:\n  - uid: 0\n    role: admin\n  - uid: 65534\n    role: tenant\n    namespaces: [nobody]\n",
+    )
+    .expect("policy");
     let env = TestEnv::builder()
         .unix_socket()
         .args(&["--socket-group", "65534"])
+        .args(&["--authz", &policy.path().display().to_string()])
         .start();
     // nobody must reach the socket: the temp dir is traversable, not
     // readable; grpcurl is copied where nobody may run it.

@@ -222,6 +222,11 @@ impl TestEnvBuilder {
             } else {
                 "0".into()
             },
+            // Tests make bursts of calls from one client; the rate limit
+            // is tested on its own (tests/authz.rs sets it again: the last
+            // one given counts).
+            "--rate-limit".into(),
+            "0".into(),
         ];
         if !self.default_port_range {
             let (a, b) = ports.instance_range();
