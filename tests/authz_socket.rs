@@ -3,8 +3,9 @@
 //! unprivileged user through `setpriv`) and mTLS (the client certificate),
 //! called with grpcurl as a user types it. A tenant acts and sees only
 //! within its namespaces, never another tenant's output (an admin does);
-//! the policy follows its file; the rate limit is per uid. The defaults
-//! without `--authz` are here too, as the README's table states them.
+//! the policy follows its file; the rate limit is per uid; `ctl` reaches
+//! the launcher on the socket and over mTLS. The defaults without `--authz`
+//! are here too, as the README's table states them.
 
 mod common;
 
@@ -619,4 +620,116 @@ fn over_its_rate_limit_a_uid_is_told_when_to_retry_while_another_uid_is_not_refu
         "nobody's calls are audited with its uid:\n{}",
         tail(&log, 30)
     );
+}
+
+/// The process ids of a `ctl list` table.
+fn listed_ids(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn ctl_reaches_the_launcher_on_the_socket_as_a_tenant_and_over_mtls_as_alice() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::standard(root.path().join("pki"));
+    let policy = Policy::new(
+        "rules:
+  - uid: 0
+    role: tenant
+    namespaces: [tenant-a]
+  - cert_cn: alice
+    role: tenant
+    namespaces: [tenant-b]
+",
+    );
+    let env = TestEnv::builder()
+        .unix_socket()
+        .args(&["--tls-cert", &pki.path("server.pem")])
+        .args(&["--tls-key", &pki.path("server.key")])
+        .args(&["--tls-client-ca", &pki.path("ca.pem")])
+        .args(&["--authz", &policy.arg()])
+        .start();
+    let sock = env.socket_path().display().to_string();
+    let on_socket = |args: &[&str]| {
+        let mut full = vec!["--unix-socket", sock.as_str()];
+        full.extend_from_slice(args);
+        run_ctl(ctl_command(&full))
+    };
+
+    // Root on the socket: tenant-a's tenant.
+    let launched = on_socket(&["launch", PATTERN, "-n", "tenant-a"]);
+    assert!(launched.ok(), "{launched}");
+    let refused = on_socket(&["launch", PATTERN, "-n", "tenant-b"]);
+    assert_eq!(refused.code, Some(1), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .starts_with("Error from server (PermissionDenied): uid 0 gid 0")
+            && refused.stderr.contains("namespace \"tenant-b\""),
+        "{refused}"
+    );
+
+    // alice over mTLS: tenant-b's tenant. The certificate names 127.0.0.1
+    // and localhost: either is checked.
+    let addr = format!("127.0.0.1:{}", env.ports.grpc_port());
+    let alice = |args: &[&str]| {
+        let mut full = vec![
+            "--addr".to_string(),
+            addr.clone(),
+            "--tls-ca".into(),
+            pki.path("ca.pem"),
+            "--tls-cert".into(),
+            pki.path("alice.pem"),
+            "--tls-key".into(),
+            pki.path("alice.key"),
+        ];
+        full.extend(args.iter().map(|a| a.to_string()));
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        run_ctl(ctl_command(&full))
+    };
+    let launched = alice(&["launch", PATTERN, "-n", "tenant-b"]);
+    assert!(launched.ok(), "{launched}");
+    let listed = alice(&["list", "--tls-server-name", "localhost"]);
+    assert!(listed.ok(), "{listed}");
+    assert_eq!(
+        listed_ids(&listed.stdout),
+        vec![id_in("tenant-b")],
+        "{listed}"
+    );
+
+    // Each sees only its own.
+    let listed = on_socket(&["list"]);
+    assert!(listed.ok(), "{listed}");
+    assert_eq!(
+        listed_ids(&listed.stdout),
+        vec![id_in("tenant-a")],
+        "{listed}"
+    );
+
+    // TLS without a client certificate: the handshake fails, named.
+    let anonymous = run_ctl(ctl_command(&[
+        "--addr",
+        &addr,
+        "--tls-ca",
+        &pki.path("ca.pem"),
+        "list",
+    ]));
+    // (TLS 1.3: the client's handshake completes, then the launcher
+    // refuses it and closes the connection.)
+    assert_eq!(anonymous.code, Some(1), "{anonymous}");
+    assert!(anonymous.stdout.is_empty(), "{anonymous}");
+    assert!(
+        anonymous
+            .stderr
+            .starts_with("error: the connection to the launcher failed before it answered")
+            && anonymous.stderr.contains("--tls-cert"),
+        "{anonymous}"
+    );
+    // The socket excludes TLS: a usage error.
+    let usage = on_socket(&["--tls-ca", &pki.path("ca.pem"), "list"]);
+    assert_eq!(usage.code, Some(2), "{usage}");
 }
