@@ -1,7 +1,7 @@
 //! `test-pattern`: the configurable pattern the launcher's tests drive. Its behaviour is chosen
-//! by `TEST_*` environment variables (exit codes, health delays and failures, SIGTERM handling,
-//! child processes in the same group / a new session / double-forked, memory and CPU use,
-//! stdout written flat out, numbered lines, a line every few milliseconds);
+//! by `TEST_*` environment variables (exit codes and last words, health delays and failures,
+//! SIGTERM handling, child processes in the same group / a new session / double-forked,
+//! memory and CPU use, stdout written flat out, numbered lines, a line every few milliseconds);
 //! without any it behaves like `config-lookup`. `test-pattern --child` is the long-lived child
 //! it spawns: it only sleeps.
 //!
@@ -52,6 +52,7 @@ struct Config {
     exit_at_start: Option<i32>,
     exit_after: Option<Duration>,
     exit_code: i32,
+    last_words: Option<String>,
     health_delay: Duration,
     no_health: bool,
     unhealthy_after: Option<Duration>,
@@ -93,6 +94,7 @@ impl Config {
             exit_at_start: exit_code("TEST_EXIT_AT_START"),
             exit_after: millis("TEST_EXIT_AFTER_MS"),
             exit_code: exit_code("TEST_EXIT_CODE").unwrap_or(3),
+            last_words: raw("TEST_LAST_WORDS"),
             health_delay: millis("TEST_HEALTH_DELAY_MS").unwrap_or_default(),
             no_health: flag("TEST_NO_HEALTH"),
             unhealthy_after: millis("TEST_UNHEALTHY_AFTER_MS"),
@@ -131,13 +133,24 @@ fn main() {
     ));
     let cfg = Config::from_env();
     install_signal_handling(&cfg);
+    // `TEST_LAST_WORDS`: a line printed to stdout just before either exit.
+    let say_last_words = {
+        let words = cfg.last_words.clone();
+        move || {
+            if let Some(w) = &words {
+                log(w);
+            }
+        }
+    };
     if let Some(code) = cfg.exit_at_start {
+        say_last_words();
         fail(code, &format!("{NAME} exiting at start with code {code}"));
     }
     if let Some(after) = cfg.exit_after {
         let code = cfg.exit_code;
         spawn(move || {
             thread::sleep(after.saturating_sub(start.elapsed()));
+            say_last_words();
             fail(code, &format!("{NAME} exiting with code {code}"));
         });
     }

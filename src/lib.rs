@@ -31,6 +31,8 @@
 //!   logs, cgroups, the process table, discovery of running instances.
 //! - [`api`]: the gRPC service, wire conversions, the bounded listener
 //!   and its transports (TCP, TLS, the Unix socket).
+//! - [`authz`]: who may call, what each caller may see and do; the rate
+//!   limit.
 //! - [`ctl`]: `prism-launcher ctl`, the command-line client of the API.
 //! - [`metrics`]: Prometheus metrics and their HTTP listener (with
 //!   `/healthz` and `/readyz`); [`service`]: systemd notifications.
@@ -40,6 +42,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod authz;
 pub mod controller;
 pub mod ctl;
 pub mod desired;
@@ -211,6 +214,9 @@ pub enum LaunchError {
     /// The server's task panicked or was cancelled.
     #[error("gRPC server: {0}")]
     ServerTask(#[source] tokio::task::JoinError),
+    /// The `--authz` policy cannot be loaded.
+    #[error(transparent)]
+    Authz(#[from] authz::AuthzError),
 }
 
 /// Settings of a launcher; build with [`Launcher::builder`].
@@ -231,6 +237,8 @@ pub struct Launcher {
     metrics_port: Option<u16>,
     log_keep: usize,
     transport: api::listen::Transport,
+    authz: Option<PathBuf>,
+    rate: (u32, u32),
 }
 
 /// Builder of a [`Launcher`], with the defaults of SPEC §2.
@@ -327,6 +335,17 @@ impl LauncherBuilder {
         self.0.transport = t;
         self
     }
+    /// `--authz`: the policy file; `None`: the defaults.
+    pub fn authz(mut self, file: Option<PathBuf>) -> Self {
+        self.0.authz = file;
+        self
+    }
+    /// `--rate-limit` and `--rate-burst`: mutating calls a second and at
+    /// once, per caller; 0 calls a second: no limit.
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.0.rate = (per_second, burst);
+        self
+    }
     /// The launcher.
     pub fn build(self) -> Launcher {
         self.0
@@ -352,6 +371,8 @@ impl Launcher {
             metrics_port: None,
             log_keep: runtime::logs::DEFAULT_LOG_KEEP,
             transport: api::listen::Transport::default(),
+            authz: None,
+            rate: (authz::rate::DEFAULT_PER_SECOND, authz::rate::DEFAULT_BURST),
         })
     }
 
@@ -376,6 +397,14 @@ impl Launcher {
             })?;
         }
         sources::state_file::make_private(&self.state_dir);
+        let authz = match &self.authz {
+            Some(file) => authz::Authz::watch(file, self.rescan)?,
+            None => authz::Authz::defaults(nix::unistd::geteuid().as_raw()),
+        };
+        let rate = std::num::NonZeroU32::new(self.rate.0).map(|per_second| {
+            let burst = std::num::NonZeroU32::new(self.rate.1).unwrap_or(per_second);
+            authz::RateLimit::new(per_second, burst)
+        });
         // Watch first, so that nothing changed during discovery is missed
         // (the patterns watcher discovers once its watches are set).
         let (found, patterns) = sources::watch_patterns(self.patterns_dir.clone(), self.rescan);
@@ -476,11 +505,15 @@ impl Launcher {
             .map_err(reflection)?;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
-            .set_serving::<proto::pattern_launcher_server::PatternLauncherServer<api::LauncherService>>()
+            .set_serving::<proto::pattern_launcher_server::PatternLauncherServer<api::gate::Gate>>()
             .await;
 
         let service = proto::pattern_launcher_server::PatternLauncherServer::new(
-            api::LauncherService::new(handle.clone()).with_logs(log_files),
+            api::gate::Gate::new(
+                api::LauncherService::new(handle.clone()).with_logs(log_files),
+                authz,
+            )
+            .rate_limit(rate),
         );
         tracing::info!(
             "Serving gRPC on :{} ({addr}){}",

@@ -90,12 +90,27 @@ struct Flags {
     log_keep: usize,
     #[command(flatten)]
     transport: prism_launcher::api::listen::TransportFlags,
+    /// Authorization policy (YAML): who may call, with which role, in
+    /// which namespaces. Reloaded when it changes. Without it: root and
+    /// the launcher's user on the Unix socket, anyone on loopback TCP.
+    #[arg(long, value_name = "FILE")]
+    authz: Option<PathBuf>,
+    /// Mutating calls a second allowed to each caller (0: no limit).
+    #[arg(long, default_value_t = prism_launcher::authz::rate::DEFAULT_PER_SECOND)]
+    rate_limit: u32,
+    /// Mutating calls each caller may make at once, above the rate.
+    #[arg(long, default_value_t = prism_launcher::authz::rate::DEFAULT_BURST, value_parser = positive_u32)]
+    rate_burst: u32,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
+}
+
+fn positive_u32(s: &str) -> Result<u32, String> {
+    positive(s).and_then(|n| u32::try_from(n).map_err(|e| format!("{s:?}: {e}")))
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -212,6 +227,8 @@ async fn main() -> anyhow::Result<()> {
         .metrics_port(flags.metrics_port)
         .log_keep(flags.log_keep)
         .transport(flags.transport.into())
+        .authz(flags.authz)
+        .rate_limit(flags.rate_limit, flags.rate_burst)
         .build()
         .run(shutdown)
         .await

@@ -1,16 +1,16 @@
 //! The API's transports against the real launcher, as a user reaches them
 //! with grpcurl: the Unix socket (its mode, its group, the caller's
 //! credentials, a stale or live socket at start-up, its removal on exit),
-//! TLS and mTLS on TCP (certificates made here with `openssl`), the refusal
-//! of plain TCP beyond loopback, the streams per connection and the call
-//! deadline. Who made a call shows in the `actor` of the `Declared` event
+//! TLS and mTLS on TCP (certificates made with `openssl`, the kit's `Pki`),
+//! the refusal of plain TCP beyond loopback, the streams per connection and
+//! the call deadline. Who made a call shows in the `actor` of the `Declared` event
 //! its LaunchPattern leaves on the event stream.
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,36 +21,9 @@ use serde_json::{Value, json};
 
 const PATTERN: &str = "test-pattern";
 
-/// grpcurl's own deadline per call.
-const MAX_TIME: &str = "30";
 /// grpcurl retries a refused TLS handshake until its connect timeout (10 s
 /// by default): a call that must fail gives up after this many seconds.
 const FAIL_FAST: &str = "-connect-timeout";
-
-/// Runs grpcurl with `args`, bounded by its `-max-time`; its output and
-/// pid.
-fn grpcurl_run(args: &[&str]) -> (Output, u32) {
-    let child = Command::new(grpcurl())
-        .arg("-max-time")
-        .arg(MAX_TIME)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run grpcurl");
-    let pid = child.id();
-    (child.wait_with_output().expect("wait for grpcurl"), pid)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn launch_body(namespace: &str) -> String {
     json!({
@@ -89,120 +62,6 @@ fn declared_actor(w: &mut Watch) -> String {
     declared.actor.clone()
 }
 
-/// Certificates made with the `openssl` command line: a CA, a server
-/// certificate for 127.0.0.1 and localhost, client certificates.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: PathBuf) -> Pki {
-        std::fs::create_dir_all(&dir).expect("pki dir");
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
-    }
-
-    /// A self-signed CA: `<name>.pem`, `<name>.key`.
-    fn ca(&self, name: &str) {
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-        ]);
-    }
-
-    /// A certificate `<name>.pem` (key `<name>.key`) for subject CN `cn`,
-    /// signed by `ca`, with extensions `ext` (openssl's syntax).
-    fn leaf(&self, name: &str, ca: &str, cn: &str, ext: &str) {
-        std::fs::write(self.dir.join(format!("{name}.ext")), ext).expect("ext file");
-        self.openssl(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.pem"),
-        ]);
-    }
-
-    /// The test's certificates: `ca`, `server` (127.0.0.1, localhost),
-    /// `alice` (client, CN=alice) under `ca`; `other-ca` and `mallory`
-    /// (client, CN=mallory) under it.
-    fn standard(dir: PathBuf) -> Pki {
-        let pki = Pki::new(dir);
-        pki.ca("ca");
-        pki.leaf(
-            "server",
-            "ca",
-            "localhost",
-            "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        );
-        pki.leaf(
-            "alice",
-            "ca",
-            "alice",
-            "basicConstraints=CA:FALSE\nsubjectAltName=URI:spiffe://test/alice\nextendedKeyUsage=clientAuth\n",
-        );
-        pki.ca("other-ca");
-        pki.leaf(
-            "mallory",
-            "other-ca",
-            "mallory",
-            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-        );
-        pki
-    }
-}
-
 /// Runs the launcher binary with `args` (a start-up that must fail) and
 /// returns its output; it is killed (by pid) if it does not exit.
 fn launcher_fails(dir: &Path, args: &[&str]) -> Output {
@@ -236,11 +95,11 @@ fn launcher_fails(dir: &Path, args: &[&str]) -> Output {
         try_signal(i64::from(pid), nix::sys::signal::Signal::SIGKILL);
     }
     let out = child.wait_with_output().expect("wait for the launcher");
-    assert!(exited, "the launcher did not exit: {}", text(&out));
+    assert!(exited, "the launcher did not exit: {}", output_text(&out));
     assert!(
         !out.status.success(),
         "the launcher started: {}",
-        text(&out)
+        output_text(&out)
     );
     out
 }
@@ -255,7 +114,12 @@ fn fatal_error(o: &Output) -> String {
         .skip(1)
         .take_while(|l| !l.trim().is_empty())
         .collect();
-    assert_eq!(lines.len(), 1, "one line of error expected: {}", text(o));
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line of error expected: {}",
+        output_text(o)
+    );
     lines[0].trim().to_string()
 }
 
@@ -272,7 +136,7 @@ fn the_unix_socket_serves_grpcurl_with_mode_0660_and_its_group_and_names_the_cal
     let sock_s = sock.display().to_string();
 
     // Reflection (v1 or v1alpha, whichever grpcurl asks) and health.
-    let (out, _) = grpcurl_run(&[
+    let (out, _) = Grpcurl::new().run(&[
         "-plaintext",
         "-unix",
         "-authority",
@@ -281,12 +145,12 @@ fn the_unix_socket_serves_grpcurl_with_mode_0660_and_its_group_and_names_the_cal
         "list",
     ]);
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
         listed.contains(SERVICE) && listed.contains("grpc.health.v1.Health"),
         "{listed}"
     );
-    let (out, _) = grpcurl_run(&[
+    let (out, _) = Grpcurl::new().run(&[
         "-plaintext",
         "-unix",
         "-authority",
@@ -297,14 +161,14 @@ fn the_unix_socket_serves_grpcurl_with_mode_0660_and_its_group_and_names_the_cal
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("SERVING"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     // A launch over the socket is named by the caller's credentials.
     let target = Target::Unix(sock.clone());
     let mut w = watch_of(&target, "ns:sock:test-pattern");
     let body = launch_body("sock");
-    let (out, pid) = grpcurl_run(&[
+    let (out, pid) = Grpcurl::new().run(&[
         "-plaintext",
         "-unix",
         "-authority",
@@ -314,7 +178,7 @@ fn the_unix_socket_serves_grpcurl_with_mode_0660_and_its_group_and_names_the_cal
         &sock_s,
         &method("LaunchPattern"),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let reply: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(jstr(&reply, "state"), "STATE_RUNNING", "{reply}");
     let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
@@ -329,44 +193,36 @@ fn the_unix_socket_serves_grpcurl_with_mode_0660_and_its_group_and_names_the_cal
     let addr = format!("127.0.0.1:{port}");
     let mut w = watch_of(&target, "ns:tcp:test-pattern");
     let body = launch_body("tcp");
-    let (out, _) = grpcurl_run(&["-plaintext", "-d", &body, &addr, &method("LaunchPattern")]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (out, _) =
+        Grpcurl::new().run(&["-plaintext", "-d", &body, &addr, &method("LaunchPattern")]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let actor = declared_actor(&mut w);
     assert!(actor.starts_with("api 127.0.0.1:"), "{actor}");
 }
 
 #[test]
 fn an_unprivileged_caller_in_the_sockets_group_is_named_by_its_uid_and_one_outside_it_is_refused() {
+    // Without --authz only root and the launcher's user may call on the
+    // socket: a policy lets nobody in (tests/authz_socket.rs tests both).
+    let policy = tempfile::NamedTempFile::new().expect("a temp file");
+    std::fs::write(
+        policy.path(),
+        "rules:\n  - uid: 0\n    role: admin\n  - uid: 65534\n    role: tenant\n    namespaces: [nobody]\n",
+    )
+    .expect("policy");
     let env = TestEnv::builder()
         .unix_socket()
         .args(&["--socket-group", "65534"])
+        .args(&["--authz", &policy.path().display().to_string()])
         .start();
-    // nobody must reach the socket: the temp dir is traversable, not
-    // readable; grpcurl is copied where nobody may run it.
-    std::fs::set_permissions(&env.root, std::fs::Permissions::from_mode(0o711)).expect("chmod");
-    let grpcurl_copy = env.path("grpcurl");
-    std::fs::copy(grpcurl(), &grpcurl_copy).expect("copy grpcurl");
-    std::fs::set_permissions(&grpcurl_copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let sock_s = env.socket_path().display().to_string();
-    let run_as = |gid: &str, args: &[&str]| -> (Output, u32) {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups"])
-            .arg(&grpcurl_copy)
-            .args(["-max-time", MAX_TIME])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn().expect("run setpriv");
-        let pid = child.id();
-        (child.wait_with_output().expect("wait for setpriv"), pid)
-    };
+    let run_as = |gid: u32, args: &[&str]| env.grpcurl_as(65534, gid).run(args);
 
     let mut w = watch_of(&Target::Unix(env.socket_path()), "ns:nobody:test-pattern");
     let body = launch_body("nobody");
     // setpriv execs grpcurl: the pid stays the same.
     let (out, pid) = run_as(
-        "65534",
+        65534,
         &[
             "-plaintext",
             "-unix",
@@ -378,7 +234,7 @@ fn an_unprivileged_caller_in_the_sockets_group_is_named_by_its_uid_and_one_outsi
             &method("LaunchPattern"),
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(
         declared_actor(&mut w),
         format!("uid 65534 gid 65534 pid {pid}")
@@ -386,7 +242,7 @@ fn an_unprivileged_caller_in_the_sockets_group_is_named_by_its_uid_and_one_outsi
 
     // Outside the socket's group (and not its owner): mode 0660 keeps it out.
     let (out, _) = run_as(
-        "65533",
+        65533,
         &[
             "-plaintext",
             "-unix",
@@ -396,11 +252,11 @@ fn an_unprivileged_caller_in_the_sockets_group_is_named_by_its_uid_and_one_outsi
             &method("Health"),
         ],
     );
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("permission denied"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -416,7 +272,7 @@ fn a_live_socket_is_refused_a_stale_one_replaced_and_the_socket_removed_on_exit(
     assert!(
         err.contains(&sock_s) && err.contains("another process is serving on it"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     env.grpc("Health", json!({}))
         .expect("the first launcher still serves on its socket");
@@ -456,14 +312,14 @@ fn tls_serves_grpcurl_with_cacert_and_beyond_loopback_without_insecure_listen() 
         .args(&["--listen", "0.0.0.0"])
         .start();
     let addr = format!("127.0.0.1:{}", env.ports.grpc_port());
-    let (out, _) = grpcurl_run(&["-cacert", &pki.path("ca.pem"), &addr, "list"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (out, _) = Grpcurl::new().run(&["-cacert", &pki.path("ca.pem"), &addr, "list"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(SERVICE),
         "{}",
-        text(&out)
+        output_text(&out)
     );
-    let (out, _) = grpcurl_run(&[
+    let (out, _) = Grpcurl::new().run(&[
         "-cacert",
         &pki.path("ca.pem"),
         "-d",
@@ -471,9 +327,9 @@ fn tls_serves_grpcurl_with_cacert_and_beyond_loopback_without_insecure_listen() 
         &addr,
         &method("Health"),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     // Plain text is not served on the port any more.
-    let (out, _) = grpcurl_run(&[
+    let (out, _) = Grpcurl::new().run(&[
         "-plaintext",
         FAIL_FAST,
         "3",
@@ -482,7 +338,7 @@ fn tls_serves_grpcurl_with_cacert_and_beyond_loopback_without_insecure_listen() 
         &addr,
         &method("Health"),
     ]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     let log = env.read_log();
     assert!(
         log.contains("without --tls-client-ca: clients are not authenticated"),
@@ -519,12 +375,12 @@ fn mtls_takes_a_client_certificate_of_its_ca_only_and_names_the_caller_by_cn() {
         &pki.path("alice.key"),
     ];
     let (out, _) =
-        grpcurl_run(&[&alice[..], &["-d", &body, &addr, &method("LaunchPattern")]].concat());
-    assert!(out.status.success(), "{}", text(&out));
+        Grpcurl::new().run(&[&alice[..], &["-d", &body, &addr, &method("LaunchPattern")]].concat());
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(declared_actor(&mut w), "cert CN=alice");
 
     // No client certificate, or one of another CA: no call at all.
-    let (out, _) = grpcurl_run(&[
+    let (out, _) = Grpcurl::new().run(&[
         FAIL_FAST,
         "3",
         "-cacert",
@@ -537,7 +393,7 @@ fn mtls_takes_a_client_certificate_of_its_ca_only_and_names_the_caller_by_cn() {
     assert!(
         !out.status.success(),
         "without a client certificate: {}",
-        text(&out)
+        output_text(&out)
     );
     let mallory = [
         "-cacert",
@@ -547,7 +403,7 @@ fn mtls_takes_a_client_certificate_of_its_ca_only_and_names_the_caller_by_cn() {
         "-key",
         &pki.path("mallory.key"),
     ];
-    let (out, _) = grpcurl_run(
+    let (out, _) = Grpcurl::new().run(
         &[
             &mallory[..],
             &[FAIL_FAST, "3", "-d", "{}", &addr, &method("Health")],
@@ -557,7 +413,7 @@ fn mtls_takes_a_client_certificate_of_its_ca_only_and_names_the_caller_by_cn() {
     assert!(
         !out.status.success(),
         "with a certificate of another CA: {}",
-        text(&out)
+        output_text(&out)
     );
     let logged = wait_until(WAIT, || {
         env.read_log().contains("TLS handshake with 127.0.0.1:")
@@ -568,8 +424,9 @@ fn mtls_takes_a_client_certificate_of_its_ca_only_and_names_the_caller_by_cn() {
         env.log_tail(30)
     );
     // The launcher is unharmed and alice still gets in.
-    let (out, _) = grpcurl_run(&[&alice[..], &["-d", "{}", &addr, &method("Health")]].concat());
-    assert!(out.status.success(), "{}", text(&out));
+    let (out, _) =
+        Grpcurl::new().run(&[&alice[..], &["-d", "{}", &addr, &method("Health")]].concat());
+    assert!(out.status.success(), "{}", output_text(&out));
 }
 
 #[test]
@@ -613,7 +470,7 @@ fn certificate_errors_at_start_up_are_one_line_naming_the_file() {
             assert!(
                 err.contains(n),
                 "{args:?}: {err:?} does not name {n}\n{}",
-                text(&out)
+                output_text(&out)
             );
         }
     }
@@ -627,7 +484,7 @@ fn plain_tcp_beyond_loopback_is_refused_unless_insecure_listen_which_warns() {
     assert!(
         err.contains("refusing to serve the API without TLS on 0.0.0.0"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(err.contains("--insecure-listen"), "{err}");
 

@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod convert;
+pub mod gate;
 mod handshake;
 pub mod identity;
 pub mod incoming;
@@ -84,6 +85,14 @@ impl LauncherService {
     fn snapshot(&self) -> Arc<Snapshot> {
         self.handle.snapshots.borrow().clone()
     }
+
+    /// The snapshot as the caller may see it (see [`gate`]).
+    fn snapshot_for<T>(&self, request: &Request<T>) -> Arc<Snapshot> {
+        match gate::limits(request) {
+            Some(limits) => Arc::new(limits.restrict(&self.snapshot())),
+            None => self.snapshot(),
+        }
+    }
 }
 
 /// Who makes a call, as events and the log name them.
@@ -98,6 +107,7 @@ fn to_status(e: CommandError) -> Status {
         CommandError::FailedPrecondition(m) => Status::failed_precondition(m),
         CommandError::Unavailable(m) => Status::unavailable(m),
         CommandError::ResourceExhausted(m) => Status::resource_exhausted(m),
+        CommandError::PermissionDenied(m) => Status::permission_denied(m),
     }
 }
 
@@ -108,6 +118,7 @@ impl PatternLauncher for LauncherService {
         request: Request<proto::LaunchRequest>,
     ) -> Result<Response<proto::LaunchResponse>, Status> {
         let actor = actor(&request);
+        let grant = request.extensions().get::<crate::authz::Grant>().cloned();
         let r = request.into_inner();
         let isolation = convert::isolation_from_wire(r.isolation)?;
         let params = LaunchParams {
@@ -118,6 +129,7 @@ impl PatternLauncher for LauncherService {
             config: r.config.into_iter().collect(),
             grace_period_secs: r.grace_period_secs,
             actor,
+            grant,
         };
         let accepted = self.ask(|reply| Command::Launch { params, reply }).await?;
         let id = accepted.process_id.clone();
@@ -155,9 +167,9 @@ impl PatternLauncher for LauncherService {
         &self,
         request: Request<proto::ListPatternsRequest>,
     ) -> Result<Response<proto::ListPatternsResponse>, Status> {
+        let snap = self.snapshot_for(&request);
         let r = request.into_inner();
         let state = convert::state_filter(r.state)?;
-        let snap = self.snapshot();
         let patterns = snap
             .instances
             .values()
@@ -228,8 +240,8 @@ impl PatternLauncher for LauncherService {
         &self,
         request: Request<proto::HealthRequest>,
     ) -> Result<Response<proto::HealthResponse>, Status> {
+        let snap = self.snapshot_for(&request);
         let r = request.into_inner();
-        let snap = self.snapshot();
         let age = self.handle.loop_age();
         let stalled = (age > STALL_AFTER).then(|| {
             format!("the reconcile loop has not run for {age:?} (stalled after {STALL_AFTER:?})")
@@ -244,9 +256,9 @@ impl PatternLauncher for LauncherService {
 
     async fn list_sources(
         &self,
-        _request: Request<proto::ListSourcesRequest>,
+        request: Request<proto::ListSourcesRequest>,
     ) -> Result<Response<proto::ListSourcesResponse>, Status> {
-        let snap = self.snapshot();
+        let snap = self.snapshot_for(&request);
         let sources = snap
             .sources
             .iter()
@@ -279,7 +291,8 @@ impl PatternLauncher for LauncherService {
         &self,
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        watch::watch(self, request.into_inner()).await
+        let within = gate::limits(&request);
+        watch::watch(self, request.into_inner(), within).await
     }
 
     type GetLogsStream = logs::LogStream;

@@ -65,6 +65,7 @@ pub(super) async fn restart(
     request: Request<proto::RestartRequest>,
 ) -> Result<Response<proto::RestartResponse>, Status> {
     let actor = super::actor(&request);
+    let within = super::gate::limits(&request);
     let r = request.into_inner();
     let grace = crate::spec::grace_from_secs(r.grace_period_secs)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -76,6 +77,7 @@ pub(super) async fn restart(
                 .instances
                 .values()
                 .filter(|s| s.pattern == r.pattern_name && !s.source.is_empty())
+                .filter(|s| within.as_ref().is_none_or(|l| l.admits_instance(s)))
                 .map(|s| s.process_id.clone())
                 .collect();
             if ids.is_empty() {

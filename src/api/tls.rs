@@ -96,7 +96,12 @@ fn identity_reason(e: &rustls::Error) -> String {
     }
 }
 
-fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of the PEM file `path`, named by `flag` in errors
+/// (also `ctl`'s `--tls-ca` and `--tls-cert`).
+pub(crate) fn certs(
+    flag: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let read = |cause| TlsError::Read {
         flag,
         path: path.to_path_buf(),

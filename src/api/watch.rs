@@ -52,11 +52,13 @@ fn marker(revision: u64, reason: &str, message: String) -> proto::WatchEvent {
 pub(super) async fn watch(
     svc: &LauncherService,
     r: proto::WatchRequest,
+    within: Option<std::sync::Arc<crate::authz::Limits>>,
 ) -> Result<Response<EventStream>, Status> {
     let filter = Filter {
         process_id: r.process_id,
         namespace: r.namespace,
         pattern: r.pattern_name,
+        within,
     };
     let sub = svc
         .handle

@@ -40,6 +40,9 @@ pub struct LaunchParams {
     pub grace_period_secs: i64,
     /// Who asks (for the event stream and the log).
     pub actor: String,
+    /// What the caller may launch (checked once the manifest's isolation
+    /// is known); `None`: anything.
+    pub grant: Option<crate::authz::Grant>,
 }
 
 /// Why a command was refused; the API maps each to a gRPC code.
@@ -60,6 +63,9 @@ pub enum CommandError {
     /// A bounded resource (the port range) is used up.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// An accepted declaration.

@@ -1,6 +1,7 @@
 //! The command line of `prism-launcher ctl`: global options, the
 //! subcommands and their flags, and the parsers of their values.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -17,12 +18,60 @@ pub struct Ctl {
     /// The launcher's gRPC address: host:port or http://host:port.
     #[arg(long, global = true, env = "PRISM_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
+    /// Call the launcher on this Unix socket (its --unix-socket) instead
+    /// of --addr.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub unix_socket: Option<PathBuf>,
+    /// TLS to --addr: the CA certificates (PEM) the launcher's certificate
+    /// must chain to.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// mTLS: the client certificate (PEM, leaf first), with --tls-key.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the launcher's certificate must carry (default: the host
+    /// of --addr).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// Output format: human tables, tables with more columns, or the
     /// proto's canonical JSON (one object per line for streams).
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Ctl {
+    /// What clap cannot check of global options given on both sides of
+    /// the subcommand: the socket excludes TLS; a client certificate needs
+    /// its key and a CA, a server name a CA.
+    ///
+    /// # Errors
+    ///
+    /// A usage error (exit status 2) naming the flags.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        let usage = |msg: &str| {
+            Err(<Ctl as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, msg))
+        };
+        let tls = self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_server_name.is_some();
+        if self.unix_socket.is_some() && tls {
+            return usage("--unix-socket cannot be used with --tls-*: the socket has no TLS");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return usage("--tls-cert and --tls-key go together");
+        }
+        if tls && self.tls_ca.is_none() {
+            return usage("TLS needs --tls-ca: the CA the launcher's certificate chains to");
+        }
+        Ok(())
+    }
 }
 
 /// `-o`.
@@ -307,7 +356,8 @@ mod tests {
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Ctl, clap::Error> {
-        Ctl::try_parse_from(std::iter::once("ctl").chain(args.iter().copied()))
+        let ctl = Ctl::try_parse_from(std::iter::once("ctl").chain(args.iter().copied()))?;
+        ctl.check().map(|()| ctl)
     }
 
     #[test]
@@ -355,6 +405,31 @@ mod tests {
         let c = parse(&["list", "-o", "json", "--addr", "h:1"]).expect("parses");
         assert_eq!(c.output, Output::Json);
         assert_eq!(c.addr, "h:1");
+    }
+
+    #[test]
+    fn the_socket_excludes_tls_and_a_client_certificate_needs_its_key_and_a_ca() {
+        let c = parse(&["list", "--unix-socket", "/run/p.sock"]).expect("parses");
+        assert_eq!(c.unix_socket, Some(PathBuf::from("/run/p.sock")));
+        assert!(parse(&["list", "--unix-socket", "s", "--tls-ca", "ca.pem"]).is_err());
+        assert!(parse(&["list", "--tls-ca", "ca.pem"]).is_ok());
+        assert!(parse(&["list", "--tls-ca", "c", "--tls-cert", "a.pem"]).is_err());
+        assert!(parse(&["list", "--tls-cert", "a.pem", "--tls-key", "a.key"]).is_err());
+        assert!(parse(&["list", "--tls-key", "a.key"]).is_err());
+        assert!(parse(&["list", "--tls-server-name", "h"]).is_err());
+        let c = parse(&[
+            "--tls-ca",
+            "c",
+            "--tls-cert",
+            "a.pem",
+            "--tls-key",
+            "a.key",
+            "list",
+            "--tls-server-name",
+            "h",
+        ])
+        .expect("parses");
+        assert_eq!(c.tls_server_name.as_deref(), Some("h"));
     }
 
     #[test]

@@ -163,7 +163,7 @@ async fn run(fake: &Arc<Fake>, args: &[&str]) -> (String, Result<(), CtlError>) 
             .serve_with_incoming(incoming),
     );
     let ctl = Ctl::try_parse_from(["ctl"].iter().chain(args)).expect("parses");
-    let mut client = connect(&addr.to_string()).await.expect("connects");
+    let mut client = connect::tcp(&addr.to_string()).await.expect("connects");
     let mut out = Vec::new();
     let done = commands::run(ctl, &mut client, &mut out).await;
     server.abort();

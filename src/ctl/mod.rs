@@ -2,6 +2,7 @@
 //! through the project's own tonic client.
 //!
 //! - [`args`]: the command line (clap);
+//! - [`connect`]: the connection: TCP, TLS or mTLS, or the Unix socket;
 //! - [`commands`]: one function per subcommand: the call, then the output;
 //! - [`render`]: the human output of each reply, pure;
 //! - [`table`]: aligned tables, ages and relative times, escaping, pure;
@@ -13,6 +14,7 @@
 
 pub mod args;
 mod commands;
+mod connect;
 pub mod json;
 mod render;
 pub mod table;
@@ -24,9 +26,9 @@ use std::ffi::OsString;
 use std::io::Write;
 
 use clap::{CommandFactory, FromArgMatches};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use self::args::{CONNECT_TIMEOUT, Command, Ctl};
+use self::args::{Command, Ctl};
 use self::json::JsonError;
 use crate::proto::pattern_launcher_client::PatternLauncherClient;
 
@@ -38,12 +40,33 @@ pub enum CtlError {
     Addr(String),
     /// The launcher cannot be reached.
     #[error(
-        "cannot connect to the launcher at {addr}: {reason} (is it running there? --addr or PRISM_ADDR names another address)"
+        "cannot connect to the launcher at {addr}: {reason} (is it running there? --addr or PRISM_ADDR names another address, --unix-socket a socket)"
     )]
     Connect {
-        /// `--addr` as given.
+        /// `--addr` as given, or the `--unix-socket` path.
         addr: String,
         /// The innermost cause (such as "Connection refused").
+        reason: String,
+    },
+    /// A TLS file (`--tls-ca`, `--tls-cert`, `--tls-key`) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::api::tls::TlsError),
+    /// `--tls-ca` has no certificate that can be a trust anchor.
+    #[error("--tls-ca {}: no usable CA certificate", .0.display())]
+    TlsCa(std::path::PathBuf),
+    /// The name to check the launcher's certificate against cannot be one.
+    #[error(
+        "{0:?} is not a DNS name or IP address to check the launcher's certificate against (name one with --tls-server-name)"
+    )]
+    ServerName(String),
+    /// The connection failed before the server answered.
+    #[error(
+        "the connection to the launcher failed before it answered ({code:?}): {reason} (a launcher that requires client certificates closes the connection of a client without --tls-cert and --tls-key)"
+    )]
+    Lost {
+        /// The status code the client gave the failure.
+        code: tonic::Code,
+        /// The innermost cause.
         reason: String,
     },
     /// The server answered with an error status.
@@ -69,9 +92,23 @@ pub enum CtlError {
 
 impl From<tonic::Status> for CtlError {
     fn from(s: tonic::Status) -> CtlError {
-        CtlError::Server {
-            code: s.code(),
-            message: s.message().trim().to_string(),
+        // A status the client made of a failed connection carries that
+        // failure as its source; one the server sent carries none.
+        let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&s);
+        let mut innermost = None;
+        while let Some(c) = cause {
+            innermost = Some(c.to_string());
+            cause = c.source();
+        }
+        match innermost {
+            Some(reason) => CtlError::Lost {
+                code: s.code(),
+                reason,
+            },
+            None => CtlError::Server {
+                code: s.code(),
+                message: s.message().trim().to_string(),
+            },
         }
     }
 }
@@ -86,7 +123,10 @@ pub async fn main(args: impl IntoIterator<Item = OsString>, server: clap::Comman
     let matches = Ctl::command()
         .bin_name("prism-launcher ctl")
         .try_get_matches_from(args);
-    let ctl = match matches.and_then(|m| Ctl::from_arg_matches(&m)) {
+    let ctl = match matches
+        .and_then(|m| Ctl::from_arg_matches(&m))
+        .and_then(|c| c.check().map(|()| c))
+    {
         Ok(ctl) => ctl,
         Err(e) => {
             let _ = e.print();
@@ -96,7 +136,7 @@ pub async fn main(args: impl IntoIterator<Item = OsString>, server: clap::Comman
     let mut out = std::io::stdout();
     let done = match ctl.command {
         Command::Completion { shell } => completion(shell, server, &mut out),
-        _ => match connect(&ctl.addr).await {
+        _ => match connect::connect(&ctl).await {
             Ok(mut client) => commands::run(ctl, &mut client, &mut out).await,
             Err(e) => Err(e),
         },
@@ -115,29 +155,6 @@ pub async fn main(args: impl IntoIterator<Item = OsString>, server: clap::Comman
             1
         }
     }
-}
-
-/// A connection to the launcher at `addr` (`--addr`), opened now so that
-/// an unreachable launcher is reported as such.
-async fn connect(addr: &str) -> Result<Client, CtlError> {
-    let uri = args::uri_of(addr).ok_or_else(|| CtlError::Addr(addr.into()))?;
-    let endpoint = Endpoint::from_shared(uri)
-        .map_err(|_| CtlError::Addr(addr.into()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| {
-        // The innermost cause says it best ("Connection refused (os
-        // error 111)"); the layers above say "transport error".
-        let mut cause: &dyn std::error::Error = &e;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
-        CtlError::Connect {
-            addr: addr.into(),
-            reason: cause.to_string(),
-        }
-    })?;
-    Ok(PatternLauncherClient::new(channel))
 }
 
 /// `completion SHELL`: the script for the whole `prism-launcher` command

@@ -203,6 +203,8 @@ pub struct Filter {
     pub namespace: String,
     /// Only this pattern (its instances and its pattern events).
     pub pattern: String,
+    /// Only what a limited caller may see (see [`crate::authz::Limits`]).
+    pub within: Option<Arc<crate::authz::Limits>>,
 }
 
 impl Filter {
@@ -211,6 +213,7 @@ impl Filter {
         (self.process_id.is_empty() || e.process_id == self.process_id)
             && (self.namespace.is_empty() || e.namespace == self.namespace)
             && (self.pattern.is_empty() || e.pattern == self.pattern)
+            && self.within.as_ref().is_none_or(|l| l.admits_event(e))
     }
 
     /// Whether the instance passes (for the snapshot at the start).
@@ -218,6 +221,7 @@ impl Filter {
         (self.process_id.is_empty() || s.process_id == self.process_id)
             && (self.namespace.is_empty() || s.namespace == self.namespace)
             && (self.pattern.is_empty() || s.pattern == self.pattern)
+            && self.within.as_ref().is_none_or(|l| l.admits_instance(s))
     }
 }
 

@@ -220,3 +220,29 @@ fn a_snapshot_start_lists_the_instances_at_the_latest_revision() {
     assert_eq!(instances.len(), 1);
     assert_eq!(instances[0].process_id, "p:b");
 }
+
+#[test]
+fn a_limited_reader_queues_only_what_it_may_see() {
+    let log = EventLog::in_memory();
+    let within = crate::authz::Limits {
+        namespaces: Some(["a".to_string()].into()),
+        patterns: None,
+    };
+    let only_a = Filter {
+        within: Some(Arc::new(within)),
+        ..Filter::default()
+    };
+    let mut tenant = log.subscribe(0, only_a).unwrap();
+    // Others' events, more than its queue holds, while it does not read.
+    for _ in 0..QUEUE * 3 {
+        log.append(vec![ev(Reason::Healthy, "p:b")]);
+    }
+    log.append(vec![ev(Reason::Healthy, "p:a")]);
+    let items = drain(&mut tenant.live);
+    let revs = revisions(&items);
+    assert_eq!(revs.len(), 1, "not cut off, and only its own");
+    let Item::Event(e) = &items[0] else {
+        unreachable!()
+    };
+    assert_eq!(e.event.process_id, "p:a");
+}

@@ -10,7 +10,8 @@
 //!   that they survive a restart.
 //! - [`state_file`]: small JSON files under `--state-dir`, replaced
 //!   atomically (the API store's file, the runtime's process table).
-//! - `fsnotify`: the inotify plumbing the two watchers share.
+//! - [`watched_file`]: a watcher of one file (the `--authz` policy).
+//! - `fsnotify`: the inotify plumbing the watchers share.
 //!
 //! Nothing here decides what to run or touches a process: what a file or
 //! a pattern means for the desired set and the instances is the
@@ -22,6 +23,7 @@ pub mod catalog;
 pub mod desired_dir;
 mod fsnotify;
 pub mod state_file;
+pub mod watched_file;
 
 pub use api_store::{ApiStore, StoreError};
 pub use catalog::{Catalog, DiscoveryError, watch_patterns};

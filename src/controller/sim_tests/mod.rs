@@ -134,6 +134,7 @@ impl Sim {
                 .collect(),
             grace_period_secs: 0,
             actor: "test".into(),
+            grant: None,
         };
         self.handle
             .commands

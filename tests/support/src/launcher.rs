@@ -134,6 +134,8 @@ impl Launcher {
             };
             let last = match probed {
                 Ok(_) => return,
+                // A refusal by the authorization in force is an answer too.
+                Err(e) if e.code == "Unauthenticated" || e.code == "PermissionDenied" => return,
                 Err(e) => e,
             };
             if Instant::now() >= deadline {

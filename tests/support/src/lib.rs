@@ -5,8 +5,9 @@
 //!
 //! The integration tests run the real `prism-launcher` binary in a temp
 //! dir, on ports of their own ([`TestEnv`]), and call it through the
-//! project's tonic client with grpcurl's JSON ([`GrpcClient`]); the quick
-//! start's test uses the real grpcurl ([`grpcurl_call`]). Everything a test
+//! project's tonic client with grpcurl's JSON ([`GrpcClient`]); the tests
+//! of what a user types use the real grpcurl ([`grpcurl_call`],
+//! [`Grpcurl`], also as another user). Everything a test
 //! or bench starts carries a token in its environment and is killed by pid
 //! at the end, never by name.
 //!
@@ -19,6 +20,7 @@
 //! - [`ctl`]: `prism-launcher ctl` run as a user runs it;
 //! - [`grpc`]: the tonic client, grpcurl's JSON, GetLogs streams, the real
 //!   grpcurl;
+//! - [`pki`]: certificates made with `openssl` for TLS and mTLS;
 //! - [`manifest`]: pattern manifests and desired-state documents;
 //! - [`launcher`]: the launcher process;
 //! - [`env`]: a test's world and its calls;
@@ -34,6 +36,7 @@ pub mod http;
 pub mod launcher;
 pub mod lifecycle;
 pub mod manifest;
+pub mod pki;
 pub mod ports;
 pub mod procs;
 pub mod wait;
@@ -47,13 +50,17 @@ pub use files::{
     count_lines, file_len, read_lossy, tail, write_atomic, write_atomic_mode, write_file_mode,
 };
 pub use grpc::api::{Api, info_running};
-pub use grpc::grpcurl::{grpcurl, grpcurl_call, grpcurl_lists_service};
+pub use grpc::grpcurl::{
+    GRPCURL_MAX_TIME, Grpcurl, UNIX_FLAGS, grpcurl, grpcurl_call, grpcurl_lists_service,
+    output_text,
+};
 pub use grpc::json::{jbool, jint, jstr, mentions_number};
 pub use grpc::logs::{LogItem, LogStream, get_logs};
 pub use grpc::{GrpcClient, GrpcError, SERVICE, grpc_call, grpc_call_within};
 pub use http::{http_get, http_get_with, http_ok};
 pub use launcher::Launcher;
 pub use manifest::{PatternSpec, desired_doc, desired_stream, with_token_env};
+pub use pki::Pki;
 pub use ports::{PortBlock, port_free};
 pub use procs::{
     OwnProcesses, TEST_TOKEN_VAR, clk_tck, cpu_ticks, environ, environ_var, kill_token_processes,

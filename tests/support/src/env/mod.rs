@@ -222,6 +222,11 @@ impl TestEnvBuilder {
             } else {
                 "0".into()
             },
+            // Tests make bursts of calls from one client; the rate limit
+            // is tested on its own (tests/authz.rs sets it again: the last
+            // one given counts).
+            "--rate-limit".into(),
+            "0".into(),
         ];
         if !self.default_port_range {
             let (a, b) = ports.instance_range();
@@ -351,6 +356,22 @@ impl TestEnv {
     /// A path inside the test's temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
+    }
+
+    /// grpcurl run as `uid`:`gid` (no supplementary groups) through
+    /// `setpriv`: the temp dir becomes traversable (0711, not readable) so
+    /// that the user reaches the socket, and grpcurl is copied into it
+    /// where that user may run it.
+    pub fn grpcurl_as(&self, uid: u32, gid: u32) -> crate::Grpcurl {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o711))
+            .expect("chmod the temp dir");
+        let copy = self.root.join("grpcurl");
+        if !copy.exists() {
+            fs::copy(crate::grpcurl(), &copy).expect("copy grpcurl");
+            fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod grpcurl");
+        }
+        crate::Grpcurl::as_user(copy, uid, gid)
     }
 
     /// Calls `method` with the grpcurl-JSON `request`: the reply as

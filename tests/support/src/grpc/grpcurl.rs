@@ -1,11 +1,12 @@
-//! The real grpcurl, for the tests that check the quick start as a user
-//! types it and for the check that the kit's JSON is grpcurl's
-//! (`tests/testkit.rs`). Every other call goes through tonic
-//! ([`super::GrpcClient`]).
+//! The real grpcurl, for the tests that check what a user types (the
+//! quick start, the transports, authorization on them) and for the check
+//! that the kit's JSON is grpcurl's (`tests/testkit.rs`): [`grpcurl_call`]
+//! on the TCP port, [`Grpcurl`] with any flags, as the test's user or as
+//! another. Every other call goes through tonic ([`super::GrpcClient`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -144,4 +145,149 @@ pub fn grpcurl_lists_service(port: u16) -> bool {
         .stderr(Stdio::null())
         .output()
         .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(SERVICE))
+}
+
+/// grpcurl's own deadline, in seconds, of a [`Grpcurl::run`].
+pub const GRPCURL_MAX_TIME: &str = "30";
+
+/// grpcurl's flags for the launcher's Unix socket: grpcurl 1.8.6 sends the
+/// socket's path as the HTTP/2 `:authority`, which the server refuses, so
+/// `-authority localhost` (as the README says).
+pub const UNIX_FLAGS: [&str; 4] = ["-plaintext", "-unix", "-authority", "localhost"];
+
+/// A process's status, stdout and stderr, for failure messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// grpcurl as a user runs it: as the test's own user, or as another user
+/// (uid, gid, no supplementary groups) through `setpriv`, which execs it:
+/// the pid [`Grpcurl::run`] returns is grpcurl's. A copy of grpcurl that
+/// the other user may run comes from `TestEnv::grpcurl_as`.
+#[derive(Debug, Clone)]
+pub struct Grpcurl {
+    exe: PathBuf,
+    user: Option<(u32, u32)>,
+}
+
+impl Default for Grpcurl {
+    fn default() -> Grpcurl {
+        Grpcurl::new()
+    }
+}
+
+impl Grpcurl {
+    /// grpcurl as the test's user.
+    pub fn new() -> Grpcurl {
+        Grpcurl {
+            exe: grpcurl().to_path_buf(),
+            user: None,
+        }
+    }
+
+    /// `exe` (a grpcurl that user may run) as `uid`:`gid`.
+    pub fn as_user(exe: PathBuf, uid: u32, gid: u32) -> Grpcurl {
+        Grpcurl {
+            exe,
+            user: Some((uid, gid)),
+        }
+    }
+
+    /// Runs grpcurl with `args`, bounded by its `-max-time`; its output
+    /// and pid.
+    pub fn run(&self, args: &[&str]) -> (Output, u32) {
+        let mut cmd = match self.user {
+            None => Command::new(&self.exe),
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg(&self.exe);
+                c
+            }
+        };
+        let child = cmd
+            .args(["-max-time", GRPCURL_MAX_TIME])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run grpcurl ({}): {e}", self.exe.display()));
+        let pid = child.id();
+        (child.wait_with_output().expect("wait for grpcurl"), pid)
+    }
+
+    /// A unary call of `method` of the launcher's service at `addr` with
+    /// `flags` before it (`-emit-defaults` added): the reply's JSON, or
+    /// the error as grpcurl prints it.
+    pub fn call(
+        &self,
+        flags: &[&str],
+        addr: &str,
+        method: &str,
+        request: &Value,
+    ) -> Result<Value, GrpcError> {
+        let (out, _) = self.call_output(flags, addr, method, request);
+        if out.status.success() {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            return serde_json::from_str(&stdout).map_err(|e| GrpcError {
+                code: "BadJson".into(),
+                message: format!("grpcurl printed something that is not JSON ({e}): {stdout}"),
+            });
+        }
+        Err(parse_grpcurl_error(
+            &String::from_utf8_lossy(&out.stderr),
+            out.status,
+        ))
+    }
+
+    /// A call of a streaming `method` that ends by itself (GetLogs without
+    /// `follow`): every object it printed, and how it ended.
+    pub fn stream(
+        &self,
+        flags: &[&str],
+        addr: &str,
+        method: &str,
+        request: &Value,
+    ) -> (Vec<Value>, Result<(), GrpcError>) {
+        let (out, _) = self.call_output(flags, addr, method, request);
+        let items = serde_json::Deserializer::from_slice(&out.stdout)
+            .into_iter::<Value>()
+            .map(|v| {
+                v.unwrap_or_else(|e| {
+                    panic!("grpcurl printed bad JSON ({e}): {}", output_text(&out))
+                })
+            })
+            .collect();
+        let end = if out.status.success() {
+            Ok(())
+        } else {
+            Err(parse_grpcurl_error(
+                &String::from_utf8_lossy(&out.stderr),
+                out.status,
+            ))
+        };
+        (items, end)
+    }
+
+    fn call_output(
+        &self,
+        flags: &[&str],
+        addr: &str,
+        method: &str,
+        request: &Value,
+    ) -> (Output, u32) {
+        let body = request.to_string();
+        let method = format!("{SERVICE}/{method}");
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["-emit-defaults", "-d", &body, addr, &method]);
+        self.run(&args)
+    }
 }

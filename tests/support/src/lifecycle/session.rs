@@ -153,6 +153,8 @@ impl Session {
             .args(["--listen", "127.0.0.1"])
             .args(["--port-range", &format!("{first}-{last}")])
             .args(["--metrics-port", "0"])
+            // The benches measure the launcher, not the per-caller limit.
+            .args(["--rate-limit", "0"])
             .env("RUST_LOG", "warn")
             .env(TOKEN_VAR, &ctx.token)
             .stdin(Stdio::null())
