@@ -412,9 +412,16 @@ impl<R: Runtime> Controller<R> {
             sources: self.sources.clone(),
             synced: self.synced,
         });
-        let events = std::mem::take(&mut self.pending_events);
-        for e in &events {
+        let mut events = std::mem::take(&mut self.pending_events);
+        for e in &mut events {
             self.cfg.metrics.event(e.reason.as_str());
+            // An event that leaves the instance as published shares the
+            // snapshot's status: the log keeps one copy, not one per event.
+            if let (Some(mine), Some(published)) = (&e.process, self.statuses.get(&e.process_id))
+                && **mine == **published
+            {
+                e.process = Some(published.clone());
+            }
         }
         // Events first: a caller woken by the snapshot finds them in the log.
         self.cfg.events.publish(events, snapshot.clone());
