@@ -174,8 +174,33 @@ fn raise_fd_limit() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    few_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run())
+}
+
+/// At most two glibc malloc arenas. glibc gives each thread that allocates
+/// under contention an arena of its own and keeps what it freed there;
+/// with a thread per concern (the loop's workers, the blocking pool, the
+/// log, table and cgroup threads) that was 9 MB of the launcher's 33 MB
+/// with 1,000 instances (lifecycle bench: 32.7 MB against 23.9 MB with
+/// two arenas). Called before any other thread exists: glibc fixes the
+/// limit when it first makes a second arena.
+fn few_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a tunable of glibc's allocator; nothing of
+    // ours is involved, and no other thread is running yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     // `prism-launcher ctl ...`: the client, not the launcher.
     if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
         let args = std::env::args_os().skip(1);
