@@ -8,15 +8,11 @@
 mod common;
 
 use std::net::IpAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use prism_launcher::proto::pattern_launcher_client::PatternLauncherClient;
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
@@ -223,33 +219,6 @@ fn with_a_policy_callers_without_an_identity_are_unauthenticated() {
             .contains("LaunchPattern pattern=\"test-pattern\""),
         "the refused launch is audited"
     );
-}
-
-/// Runs the launcher to its end; its status and output.
-fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(LAUNCHER_BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("spawn the launcher");
-    let exited = wait_for_every(READY_TIMEOUT, Duration::from_millis(20), || {
-        child.try_wait().expect("wait")
-    });
-    let Some(status) = exited else {
-        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-        let _ = child.wait();
-        panic!("the launcher did not exit within {READY_TIMEOUT:?} with {args:?}");
-    };
-    let out = child.wait_with_output().expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (status, text)
 }
 
 #[test]

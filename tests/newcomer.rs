@@ -11,40 +11,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// Runs the launcher binary to its end with `args`; returns (status, output).
-fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(LAUNCHER_BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("spawn the launcher");
-    let exited = wait_for_every(READY_TIMEOUT, Duration::from_millis(20), || {
-        child.try_wait().expect("wait")
-    });
-    let Some(status) = exited else {
-        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-        let _ = child.wait();
-        panic!("the launcher did not exit within {READY_TIMEOUT:?} with {args:?}");
-    };
-    let out = child.wait_with_output().expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (status, text)
-}
 
 #[test]
 fn a_patterns_directory_that_does_not_exist_stops_the_launcher_with_a_clear_error() {

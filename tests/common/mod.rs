@@ -17,3 +17,34 @@ pub const LAUNCHER_BIN: &str = env!("CARGO_BIN_EXE_prism-launcher");
 pub const HELLO_PATTERN_BIN: &str = env!("CARGO_BIN_EXE_hello-pattern");
 pub const CONFIG_LOOKUP_BIN: &str = env!("CARGO_BIN_EXE_config-lookup");
 pub const TEST_PATTERN_BIN: &str = env!("CARGO_BIN_EXE_test-pattern");
+
+/// Runs the launcher binary to its end with `args`; returns (status, output).
+pub fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(LAUNCHER_BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawn the launcher");
+    let exited = wait_for_every(READY_TIMEOUT, std::time::Duration::from_millis(20), || {
+        child.try_wait().expect("wait")
+    });
+    let Some(status) = exited else {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+        panic!("the launcher did not exit within {READY_TIMEOUT:?} with {args:?}");
+    };
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (status, text)
+}
