@@ -76,7 +76,12 @@ pub fn parse_many<T: DeserializeOwned>(text: &str, display: &str) -> Result<Vec<
 /// Turns a parser error into a [`YamlError`]: the line, and the message with
 /// the key at that line where the parser's own message does not name one.
 fn convert(e: &serde_saphyr::Error, text: &str, display: &str) -> YamlError {
-    let line = e.location().map(|l| l.line()).filter(|l| *l > 0);
+    let at = e.location().map(|l| l.line()).filter(|l| *l > 0);
+    // At the end of input the parser names the line after the final
+    // newline, which no editor shows: name the last line instead (but look
+    // for a key only where the parser pointed).
+    let last = u64::try_from(text.lines().count().max(1)).unwrap_or(u64::MAX);
+    let line = at.map(|l| l.min(last));
     let full = e.to_string();
     let first = full.lines().next().unwrap_or_default();
     // The parser prefixes "error: line L column C: "; the line is ours to show.
@@ -87,7 +92,10 @@ fn convert(e: &serde_saphyr::Error, text: &str, display: &str) -> YamlError {
         }
         _ => first.to_string(),
     };
-    let key = line.and_then(|l| key_at_line(text, l));
+    // A missing key is named by the message; the line is the mapping's.
+    let key = at
+        .filter(|_| !message.starts_with("missing field"))
+        .and_then(|l| key_at_line(text, l));
     let message = match key {
         Some(k) if !message.contains(&format!("`{k}`")) => format!("key `{k}`: {message}"),
         _ => message,
@@ -137,6 +145,20 @@ mod tests {
         let e = parse_one::<Doc>("name: a\nbogus: 1\n", "x.yaml").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn an_error_at_the_end_of_input_names_the_last_line_not_one_past_it() {
+        // Found by the `manifest` fuzz target: the parser names the line
+        // after the final newline, which the file does not have.
+        let e = parse_one::<Doc>("# only\n# comments\n", "x.yaml").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.to_string().starts_with("x.yaml:2: "), "{e}");
+        // A missing key is not blamed on the key of the last line.
+        let e = parse_one::<Doc>("port: 1\n", "x.yaml").unwrap_err();
+        assert!(e.line.is_none_or(|l| l == 1), "{e}");
+        assert!(e.message.contains("name"), "{e}");
+        assert!(!e.message.contains("`port`"), "{e}");
     }
 
     #[test]
