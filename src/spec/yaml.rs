@@ -80,7 +80,7 @@ fn convert(e: &serde_saphyr::Error, text: &str, display: &str) -> YamlError {
     // At the end of input the parser names the line after the final
     // newline, which no editor shows: name the last line instead (but look
     // for a key only where the parser pointed).
-    let last = u64::try_from(text.lines().count().max(1)).unwrap_or(u64::MAX);
+    let last = u64::try_from(lines(text).count().max(1)).unwrap_or(u64::MAX);
     let line = at.map(|l| l.min(last));
     let full = e.to_string();
     let first = full.lines().next().unwrap_or_default();
@@ -107,11 +107,25 @@ fn convert(e: &serde_saphyr::Error, text: &str, display: &str) -> YamlError {
     }
 }
 
+/// The lines of `text` as YAML counts them: a line ends at `\r\n`, `\r` or
+/// `\n` (`str::lines` knows no lone `\r`, the parser does).
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text).filter(|t| !t.is_empty());
+    std::iter::from_fn(move || {
+        let t = rest?;
+        let Some(i) = t.find(['\r', '\n']) else {
+            rest = None;
+            return Some(t);
+        };
+        let next = &t[i + if t[i..].starts_with("\r\n") { 2 } else { 1 }..];
+        rest = Some(next).filter(|n| !n.is_empty());
+        Some(&t[..i])
+    })
+}
+
 /// The mapping key written on a line (`  port: 90000` gives `port`).
 fn key_at_line(text: &str, line: u64) -> Option<String> {
-    let l = text
-        .lines()
-        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let l = lines(text).nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
     let l = l.trim_start().trim_start_matches("- ");
     let (k, _) = l.split_once(':')?;
     let k = k.trim().trim_matches(|c| c == '"' || c == '\'');
@@ -159,6 +173,26 @@ mod tests {
         assert!(e.line.is_none_or(|l| l == 1), "{e}");
         assert!(e.message.contains("name"), "{e}");
         assert!(!e.message.contains("`port`"), "{e}");
+    }
+
+    #[test]
+    fn lines_end_where_yaml_ends_them() {
+        // Found by the `manifest` fuzz target: a lone CR is a line break
+        // to the parser, so an error's line and its key are counted so too.
+        let e = parse_one::<Doc>("# a\rname: a\r\nport: 90000\r# b\r", "x.yaml").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("port"), "{e}");
+        let e = parse_one::<Doc>("name: a\r# b\r# c\r\r", "x.yaml");
+        assert!(e.is_ok(), "{e:?}");
+        let e = parse_one::<Doc>("# a\r# b\r\n# c\r", "x.yaml").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        fn split(t: &str) -> Vec<&str> {
+            lines(t).collect()
+        }
+        assert_eq!(split(""), Vec::<&str>::new());
+        assert_eq!(split("a"), ["a"]);
+        assert_eq!(split("a\r\n\rb\n"), ["a", "", "b"]);
+        assert_eq!(split("\n\n"), ["", ""]);
     }
 
     #[test]
