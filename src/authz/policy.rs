@@ -194,9 +194,13 @@ struct RawRule {
 /// pattern name, more than [`MAX_RULES`] rules or [`MAX_NAMES`] names.
 pub fn parse_policy(text: &str) -> Result<Policy, PolicyError> {
     // An empty file is more likely one being written than a policy that
-    // refuses everybody (which is `rules: []`).
-    let blank = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
-    if text.lines().all(blank) {
+    // refuses everybody (which is `rules: []`). Lines and blanks as YAML
+    // has them: a lone CR ends a line, only space and tab are blank.
+    let blank = |l: &str| {
+        let l = l.trim_matches([' ', '\t']);
+        l.is_empty() || l.starts_with('#')
+    };
+    if yaml::lines(text).all(blank) {
         return Err(PolicyError {
             line: None,
             message:

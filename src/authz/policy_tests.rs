@@ -189,3 +189,21 @@ fn the_readmes_example_is_a_valid_policy() {
     assert_eq!(p.rules.len(), 4);
     assert_eq!(p.rules[0].who, Who::Uid(0));
 }
+
+#[test]
+fn a_file_is_empty_only_as_yaml_reads_it() {
+    // Found by the authz_policy fuzz target: a lone CR ends a line (the
+    // file below is `rules: []` after a comment, not a comment), and only
+    // space and tab are blank to YAML (a no-break space is a scalar).
+    let p = parse_policy("# refuse all\rrules: []\r").unwrap();
+    assert!(p.rules.is_empty());
+    let p = parse_policy("# a\rrules:\r  - uid: 0\r    role: admin\r").unwrap();
+    assert_eq!(p.rules.len(), 1);
+    assert_eq!(p.rules[0].line, 3);
+    let e = err("\u{a0}\n");
+    assert!(!e.message.contains("empty"), "{e}");
+    for empty in ["\t\n", "# a\r# b\r", " \r\n#\r"] {
+        let e = err(empty);
+        assert!(e.message.contains("empty"), "{empty:?}: {e}");
+    }
+}

@@ -109,7 +109,7 @@ fn convert(e: &serde_saphyr::Error, text: &str, display: &str) -> YamlError {
 
 /// The lines of `text` as YAML counts them: a line ends at `\r\n`, `\r` or
 /// `\n` (`str::lines` knows no lone `\r`, the parser does).
-fn lines(text: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(text).filter(|t| !t.is_empty());
     std::iter::from_fn(move || {
         let t = rest?;
