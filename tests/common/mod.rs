@@ -48,3 +48,16 @@ pub fn run_to_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
     );
     (status, text)
 }
+
+/// The retry-after of a call refused by the rate limit: `retry-after` is
+/// whole seconds rounded up (1 under a second); returns `retry-after-ms`.
+pub fn retry_after_ms(limited: &tonic::Status) -> u64 {
+    let retry_after = limited.metadata().get("retry-after").expect("retry-after");
+    assert_eq!(retry_after, "1", "whole seconds, rounded up");
+    limited
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after-ms")
+}
