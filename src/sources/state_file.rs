@@ -120,7 +120,6 @@ impl<T: Serialize + DeserializeOwned> JsonFile<T> {
     /// Replaces the items. On any error the old file stays as it was and
     /// the temp file is removed.
     pub fn save(&self, items: &[T]) -> Result<(), StateFileError> {
-        let json = serde_json::to_vec_pretty(items).map_err(|e| self.err(e))?;
         let (prefix, suffix) = self.temp_affixes();
         // Dropped (and so removed) on every early return.
         let mut tmp = tempfile::Builder::new()
@@ -128,10 +127,16 @@ impl<T: Serialize + DeserializeOwned> JsonFile<T> {
             .suffix(suffix)
             .tempfile_in(self.dir())
             .map_err(|e| self.err(e))?;
-        let write = |f: &mut File| -> std::io::Result<()> {
+        // Written as it is serialized, through a buffer: a table of a
+        // thousand instances is never a second copy in memory.
+        let write = |f: &mut File| -> Result<(), StateFileCause> {
             f.set_permissions(Permissions::from_mode(0o600))?;
-            f.write_all(&json)?;
-            f.sync_all()
+            let mut out = std::io::BufWriter::new(&mut *f);
+            serde_json::to_writer_pretty(&mut out, items)?;
+            out.flush()?;
+            drop(out);
+            f.sync_all()?;
+            Ok(())
         };
         write(tmp.as_file_mut()).map_err(|e| self.err(e))?;
         tmp.persist(&self.path).map_err(|e| self.err(e.error))?;
