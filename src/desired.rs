@@ -52,7 +52,58 @@ pub enum Declared {
 /// One desired instance: the declarations of every source that wants it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredInstance {
-    by_source: BTreeMap<Source, InstanceSpec>,
+    by_source: BySource,
+}
+
+/// The declarations of one instance, in source order. Almost always one
+/// or two: a sorted vector, where a map's first node would hold room for
+/// eleven specs (1.4 kB an instance).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct BySource(Vec<(Source, InstanceSpec)>);
+
+impl BySource {
+    fn one(source: Source, spec: InstanceSpec) -> Self {
+        BySource(vec![(source, spec)])
+    }
+
+    fn find(&self, s: &Source) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(s))
+    }
+
+    fn get(&self, s: &Source) -> Option<&InstanceSpec> {
+        self.find(s).ok().map(|i| &self.0[i].1)
+    }
+
+    fn contains_key(&self, s: &Source) -> bool {
+        self.find(s).is_ok()
+    }
+
+    fn insert(&mut self, source: Source, spec: InstanceSpec) {
+        match self.find(&source) {
+            Ok(i) => self.0[i].1 = spec,
+            Err(i) => self.0.insert(i, (source, spec)),
+        }
+    }
+
+    fn remove(&mut self, s: &Source) -> Option<InstanceSpec> {
+        self.find(s).ok().map(|i| self.0.remove(i).1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Source, &InstanceSpec)> {
+        self.0.iter().map(|(s, spec)| (s, spec))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Source> {
+        self.0.iter().map(|(s, _)| s)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &InstanceSpec> {
+        self.0.iter().map(|(_, spec)| spec)
+    }
 }
 
 impl DesiredInstance {
@@ -103,12 +154,11 @@ impl DesiredSet {
     pub fn declare(&mut self, source: Source, spec: InstanceSpec) -> Result<Declared, Conflict> {
         let id = spec.key.process_id();
         let Some(inst) = self.instances.get_mut(&id) else {
-            let mut by_source = BTreeMap::new();
-            by_source.insert(source, spec);
+            let by_source = BySource::one(source, spec);
             self.instances.insert(id, DesiredInstance { by_source });
             return Ok(Declared::New);
         };
-        for (s, existing) in &inst.by_source {
+        for (s, existing) in inst.by_source.iter() {
             let other_source = *s != source;
             if !existing.agrees_with(&spec) && (other_source || source == Source::Api) {
                 return Err(Conflict {
@@ -178,7 +228,7 @@ impl DesiredSet {
         for (i, spec) in specs.iter().enumerate() {
             let id = spec.key.process_id();
             if let Some(inst) = self.instances.get(&id) {
-                for (s, existing) in &inst.by_source {
+                for (s, existing) in inst.by_source.iter() {
                     if s != source && !existing.agrees_with(spec) {
                         return Err((
                             i,
@@ -210,7 +260,7 @@ impl DesiredSet {
                 .instances
                 .entry(id.clone())
                 .or_insert_with(|| DesiredInstance {
-                    by_source: BTreeMap::new(),
+                    by_source: BySource::default(),
                 });
             // Kept when equal (see `declare`).
             if inst.by_source.get(source) != Some(spec) {
