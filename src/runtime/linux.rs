@@ -267,33 +267,46 @@ impl Runtime for LinuxRuntime {
             launcher_id: self.launcher_id.clone(),
         };
         async move {
-            // Every clone of the batch on one blocking thread: the loop's
-            // thread goes on serving meanwhile. Each process is supervised
-            // (probed) as soon as it runs, while the next ones start.
-            let (tx, mut started) = mpsc::unbounded_channel::<Watch>();
-            let batch = tokio::task::spawn_blocking(move || {
+            // The clones of a batch block their thread until each child
+            // has exec'd. On the multi-threaded runtime they run in place
+            // (`block_in_place`): the loop's worker hands its other tasks
+            // to another thread, so the launcher goes on serving, and the
+            // start needs no hop to a blocking thread and back (a kill -9
+            // to its new pid: 1.6 ms against 1.1 ms with the hops). Else
+            // on a blocking thread. The batch's processes are supervised
+            // once its clones are done: probes and log followers would
+            // otherwise compete with the next clones for the CPU.
+            let run = move || {
                 jobs.into_iter()
                     .map(|job| {
                         let (outcome, pidfd) = starter.start(&job);
-                        if let Some(fd) = pidfd {
-                            let _ = tx.send(Watch {
-                                exit: Exit::Child(fd),
-                                process_id: Arc::from(job.process_id.as_str()),
-                                epoch: job.epoch,
-                                target: probe_target(&job.pattern, job.ports),
-                                from: outcome.log_offset,
-                            });
-                        }
-                        (job, outcome)
+                        let watch = pidfd.map(|fd| Watch {
+                            exit: Exit::Child(fd),
+                            process_id: Arc::from(job.process_id.as_str()),
+                            epoch: job.epoch,
+                            target: probe_target(&job.pattern, job.ports),
+                            from: outcome.log_offset,
+                        });
+                        ((job, outcome), watch)
                     })
                     .collect::<Vec<_>>()
-            });
-            while let Some(w) = started.recv().await {
-                self.supervise(w);
-            }
-            // Only a runtime shutting down cancels it (a panic ends the
-            // launcher): the jobs did not run.
-            batch.await.unwrap_or_default()
+            };
+            let flavor = tokio::runtime::Handle::current().runtime_flavor();
+            let done = if flavor == tokio::runtime::RuntimeFlavor::MultiThread {
+                tokio::task::block_in_place(run)
+            } else {
+                // Only a runtime shutting down cancels it (a panic ends
+                // the launcher): the jobs did not run.
+                tokio::task::spawn_blocking(run).await.unwrap_or_default()
+            };
+            done.into_iter()
+                .map(|(result, watch)| {
+                    if let Some(w) = watch {
+                        self.supervise(w);
+                    }
+                    result
+                })
+                .collect()
         }
     }
 
