@@ -271,9 +271,9 @@ impl Runtime for LinuxRuntime {
             // has exec'd. On the multi-threaded runtime they run in place
             // (`block_in_place`): the loop's worker hands its other tasks
             // to another thread, so the launcher goes on serving, and the
-            // start needs no hop to a blocking thread and back (a kill -9
-            // to its new pid: 1.6 ms against 1.1 ms with the hops). Else
-            // on a blocking thread. The batch's processes are supervised
+            // start needs no hop to a blocking thread and back (two
+            // wake-ups of an idle thread on the way from a kill -9 to the
+            // new pid). Else on a blocking thread. The batch's processes are supervised
             // once its clones are done: probes and log followers would
             // otherwise compete with the next clones for the CPU.
             let run = move || {
