@@ -1,8 +1,8 @@
 //! Starts: the planner's Spawn actions of a pass are prepared on the loop
 //! (ports, which cgroup limits to write, the circuit), run together off it
 //! ([`Runtime::start_batch`]: each cgroup's set-up and each process's clone
-//! and exec, which the loop awaits while the runtime serves on), and their outcomes
-//! taken in as transitions. Also the cgroup work the controller queues,
+//! and exec, which the loop awaits while the runtime serves on), and their
+//! outcomes taken in as transitions. Also the cgroup work the controller queues,
 //! which a start waits for.
 //!
 //! A pass starts at most [`START_CHUNK`] processes: the rest wait for the

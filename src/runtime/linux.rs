@@ -273,9 +273,10 @@ impl Runtime for LinuxRuntime {
             // to another thread, so the launcher goes on serving, and the
             // start needs no hop to a blocking thread and back (two
             // wake-ups of an idle thread on the way from a kill -9 to the
-            // new pid). Else on a blocking thread. The batch's processes are supervised
-            // once its clones are done: probes and log followers would
-            // otherwise compete with the next clones for the CPU.
+            // new pid). Else on a blocking thread. The batch's processes
+            // are supervised once its clones are done: probes and log
+            // followers would otherwise compete with the next clones for
+            // the CPU.
             let run = move || {
                 jobs.into_iter()
                     .map(|job| {
