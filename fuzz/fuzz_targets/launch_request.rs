@@ -7,14 +7,13 @@
 
 #![no_main]
 
-use std::collections::BTreeMap;
-
 use libfuzzer_sys::fuzz_target;
 use prism_launcher::api::convert::isolation_from_wire;
 use prism_launcher::authz::{Grant, InstanceRef, Target};
+use prism_launcher::controller::LaunchParams;
 use prism_launcher::desired::{DesiredSet, Source};
 use prism_launcher::proto::LaunchRequest;
-use prism_launcher::spec::{InstanceKey, InstanceSpec, Isolation, grace_from_secs};
+use prism_launcher::spec::Isolation;
 use prost::Message;
 
 #[path = "common.rs"]
@@ -65,54 +64,29 @@ fn launch(
             return;
         }
     }
-    // controller::commands::launch.
-    if r.pattern_name.is_empty() {
-        return;
-    }
-    let config: BTreeMap<String, String> = r
-        .config
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let usable = |name: &str| grant.is_none_or(|g| g.may_use_pattern(name));
-    let Some(pattern) = catalog
-        .get(&r.pattern_name)
-        .filter(|_| usable(&r.pattern_name))
-    else {
-        let names = catalog.iter().map(|p| p.name.as_str());
-        let _ = match grant {
-            Some(g) => g.known_patterns(names),
-            None => names.collect::<Vec<_>>().join(", "),
-        };
-        return;
+    // controller::commands::launch: the same checks, the same code.
+    let params = LaunchParams {
+        pattern: r.pattern_name.clone(),
+        isolation,
+        namespace: r.namespace.clone(),
+        session_id: r.session_id.clone(),
+        config: r
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        grace_period_secs: r.grace_period_secs,
+        actor: "fuzz".to_string(),
+        grant: grant.cloned(),
     };
-    let level = isolation.unwrap_or(pattern.isolation);
-    let Ok(key) = InstanceKey::new(&r.pattern_name, level, &r.namespace, &r.session_id)
-        .map_err(|e| e.to_string())
-    else {
-        return;
-    };
-    if let Some(g) = grant {
-        let target = Target::Instance {
-            isolation: key.isolation,
-            namespace: &key.namespace,
-            pattern: &key.pattern,
-        };
-        if let Err(e) = g.check(&target) {
-            let _ = e.to_string();
+    let (spec, pattern) = match params.check(catalog, || "known: ...".to_string()) {
+        Ok(checked) => checked,
+        Err(e) => {
+            let _ = format!("{e:?}");
             return;
         }
-    }
-    let Ok(grace) = grace_from_secs(r.grace_period_secs).map_err(|e| e.to_string()) else {
-        return;
     };
-    let Ok(spec) = InstanceSpec::new(key, config, grace).map_err(|e| e.to_string()) else {
-        return;
-    };
-    if let Err(e) = pattern.check_config(&spec.config) {
-        let _ = e.to_string();
-        return;
-    }
+    let pattern = &*pattern;
     let id = spec.key.process_id();
     // A process_id names its instance back: authorization by id (terminate,
     // restart, signal, logs) relies on it.

@@ -99,43 +99,8 @@ impl<R: Runtime> Controller<R> {
                 "the launcher is shutting down".into(),
             ));
         }
-        if p.pattern.is_empty() {
-            return Err(CommandError::InvalidArgument(
-                "pattern_name is required".into(),
-            ));
-        }
-        // A pattern the caller may not use is not found, whether it exists
-        // or not; not found, it is told only of those it may use.
-        let usable = |name: &str| p.grant.as_ref().is_none_or(|g| g.may_use_pattern(name));
-        let found = self.catalog.get(&p.pattern).filter(|_| usable(&p.pattern));
-        let Some(pattern) = found.cloned() else {
-            return Err(CommandError::NotFound(format!(
-                "pattern {:?} not found ({})",
-                p.pattern,
-                match &p.grant {
-                    Some(g) if g.limits.is_some() => {
-                        g.known_patterns(self.catalog.iter().map(|p| p.name.as_str()))
-                    }
-                    _ => self.known_patterns(),
-                }
-            )));
-        };
+        let (spec, pattern) = p.check(&self.catalog, || self.known_patterns())?;
         let p_actor = p.actor.clone();
-        let invalid = |e: crate::spec::SpecError| CommandError::InvalidArgument(e.to_string());
-        let isolation = p.isolation.unwrap_or(pattern.isolation);
-        let key = InstanceKey::new(&p.pattern, isolation, &p.namespace, &p.session_id)
-            .map_err(invalid)?;
-        if let Some(g) = &p.grant {
-            g.check(&crate::authz::Target::Instance {
-                isolation: key.isolation,
-                namespace: &key.namespace,
-                pattern: &key.pattern,
-            })
-            .map_err(|e| CommandError::PermissionDenied(e.to_string()))?;
-        }
-        let grace = crate::spec::grace_from_secs(p.grace_period_secs).map_err(invalid)?;
-        let spec = InstanceSpec::new(key, p.config, grace).map_err(invalid)?;
-        pattern.check_config(&spec.config).map_err(invalid)?;
         self.rt
             .check_executable(&pattern.executable)
             .map_err(|e| CommandError::FailedPrecondition(format!("cannot execute {e}")))?;

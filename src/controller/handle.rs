@@ -21,7 +21,8 @@ use crate::events::EventLog;
 use crate::reconcile::PlanConfig;
 use crate::sources::FileEvent;
 use crate::sources::catalog::watcher::Reloaded;
-use crate::spec::{InstanceSpec, Isolation};
+use crate::spec::manifest::Pattern;
+use crate::spec::{InstanceKey, InstanceSpec, Isolation};
 
 /// A LaunchPattern as the controller receives it.
 #[derive(Debug, Clone)]
@@ -43,6 +44,59 @@ pub struct LaunchParams {
     /// What the caller may launch (checked once the manifest's isolation
     /// is known); `None`: anything.
     pub grant: Option<crate::authz::Grant>,
+}
+
+impl LaunchParams {
+    /// The checks of a launch that need no state but the catalog, in the
+    /// order the caller is told of them: a pattern name, a pattern the
+    /// caller may use (`NOT_FOUND` naming only those, else `known()`), the
+    /// key, the caller's grant on it, the grace period, the spec and the
+    /// manifest's `config_keys`. Pure: the controller's launch and the
+    /// `launch_request` fuzz target both run it.
+    pub fn check(
+        &self,
+        catalog: &crate::sources::Catalog,
+        known: impl FnOnce() -> String,
+    ) -> Result<(InstanceSpec, Arc<Pattern>), CommandError> {
+        if self.pattern.is_empty() {
+            return Err(CommandError::InvalidArgument(
+                "pattern_name is required".into(),
+            ));
+        }
+        // A pattern the caller may not use is not found, whether it exists
+        // or not; not found, it is told only of those it may use.
+        let grant = self.grant.as_ref();
+        let usable = |name: &str| grant.is_none_or(|g| g.may_use_pattern(name));
+        let found = catalog.get(&self.pattern).filter(|_| usable(&self.pattern));
+        let Some(pattern) = found.cloned() else {
+            return Err(CommandError::NotFound(format!(
+                "pattern {:?} not found ({})",
+                self.pattern,
+                match grant {
+                    Some(g) if g.limits.is_some() => {
+                        g.known_patterns(catalog.iter().map(|p| p.name.as_str()))
+                    }
+                    _ => known(),
+                }
+            )));
+        };
+        let invalid = |e: crate::spec::SpecError| CommandError::InvalidArgument(e.to_string());
+        let isolation = self.isolation.unwrap_or(pattern.isolation);
+        let key = InstanceKey::new(&self.pattern, isolation, &self.namespace, &self.session_id)
+            .map_err(invalid)?;
+        if let Some(g) = grant {
+            g.check(&crate::authz::Target::Instance {
+                isolation: key.isolation,
+                namespace: &key.namespace,
+                pattern: &key.pattern,
+            })
+            .map_err(|e| CommandError::PermissionDenied(e.to_string()))?;
+        }
+        let grace = crate::spec::grace_from_secs(self.grace_period_secs).map_err(invalid)?;
+        let spec = InstanceSpec::new(key, self.config.clone(), grace).map_err(invalid)?;
+        pattern.check_config(&spec.config).map_err(invalid)?;
+        Ok((spec, pattern))
+    }
 }
 
 /// Why a command was refused; the API maps each to a gRPC code.

@@ -61,8 +61,8 @@ use crate::sources::Catalog;
 use crate::sources::DesiredDoc;
 use crate::sources::FileEvent;
 use crate::sources::catalog::watcher::Reloaded;
+use crate::spec::InstanceSpec;
 use crate::spec::yaml::YamlError;
-use crate::spec::{InstanceKey, InstanceSpec};
 use held::Held;
 use snapshot::{InstanceStatus, Snapshot, SourceKind, SourceStatus};
 
