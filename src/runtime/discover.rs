@@ -354,7 +354,26 @@ HEALTH_PORT=1\0PATTERN_NAME=q\0ISOLATION=namespace\0NAMESPACE=a\0";
             if own_group {
                 cmd.process_group(0);
             }
-            cmd.spawn().unwrap()
+            let mut child = cmd.spawn().unwrap();
+            // `spawn` returns once the child has let go of our memory,
+            // which is before the kernel has set up the new program's
+            // environment: until then `/proc/<pid>/environ` reads empty.
+            let environ = format!("/proc/{}/environ", child.id());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let has_marker = || {
+                let raw = std::fs::read(&environ).unwrap_or_default();
+                raw.windows(MARKER_VAR.len())
+                    .any(|w| w == MARKER_VAR.as_bytes())
+            };
+            while !has_marker() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{environ} stays without the marker");
+                }
+                std::thread::yield_now();
+            }
+            child
         };
         let mut leader = spawn(true);
         // Not a group leader: a process the instance forked, not the instance.
