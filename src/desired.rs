@@ -81,7 +81,11 @@ impl BySource {
     fn insert(&mut self, source: Source, spec: InstanceSpec) {
         match self.find(&source) {
             Ok(i) => self.0[i].1 = spec,
-            Err(i) => self.0.insert(i, (source, spec)),
+            Err(i) => {
+                // Room for one more, not the four a growing vector takes.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (source, spec));
+            }
         }
     }
 

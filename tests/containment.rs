@@ -415,3 +415,32 @@ fn a_double_forked_grandchild_in_its_own_session_does_not_survive_terminate() {
         env.token_processes()
     );
 }
+
+#[test]
+fn a_clean_shutdown_removes_the_launchers_cgroups_in_every_hierarchy() {
+    let mut env = TestEnv::start();
+    let reply = env.launch_running(PATTERN, "tidy", &[]);
+    let pid = jint(&reply, "pid");
+    // The launcher's own cgroup is the parent of each instance cgroup.
+    let parents: Vec<(&str, PathBuf)> = ["memory", "cpu", "freezer", "pids"]
+        .into_iter()
+        .filter_map(|c| {
+            let own = cgroup_dir(pid, c)?;
+            Some((c, own.parent()?.to_path_buf()))
+        })
+        .collect();
+    assert!(
+        parents.iter().any(|(c, _)| *c == "pids"),
+        "no pids cgroup for instance {pid}: {parents:?}"
+    );
+    for (c, dir) in &parents {
+        assert!(dir.is_dir(), "the {c} parent {} is missing", dir.display());
+    }
+    let status = env.launcher().stop();
+    assert!(status.success(), "the launcher exited with {status}");
+    let left: Vec<_> = parents.iter().filter(|(_, d)| d.exists()).collect();
+    assert!(
+        left.is_empty(),
+        "cgroups left after a clean shutdown: {left:?}"
+    );
+}

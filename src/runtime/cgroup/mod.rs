@@ -499,7 +499,7 @@ impl Cgroups {
     pub fn remove_parents(&self) {
         let parents: Vec<&PathBuf> = match self {
             Cgroups::V2(v) => vec![&v.parent],
-            Cgroups::V1(v) => [&v.memory, &v.cpu, &v.freezer]
+            Cgroups::V1(v) => [&v.memory, &v.cpu, &v.freezer, &v.pids]
                 .into_iter()
                 .flatten()
                 .collect(),

@@ -160,8 +160,12 @@ pub fn spawn(
         .open(log)
         .map_err(log_err)?;
     // Output may hold secrets: owner only, whatever the umask or old mode.
-    out.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(log_err)?;
+    // Changed only when it differs: a chmod is an inotify event that wakes
+    // the log threads in the middle of the start.
+    if out.metadata().map_err(log_err)?.permissions().mode() & 0o7777 != 0o600 {
+        out.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(log_err)?;
+    }
     let err = out.try_clone().map_err(log_err)?;
     let stdin = std::fs::File::open("/dev/null").map_err(|source| SpawnError::Exec {
         path: PathBuf::from("/dev/null"),

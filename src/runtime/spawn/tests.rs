@@ -497,3 +497,28 @@ fn a_child_that_shares_our_descriptors_until_it_unshares_gets_only_its_stdio_and
         assert_eq!(ino(fd).unwrap(), was, "descriptor {fd} of the launcher");
     }
 }
+
+#[test]
+fn the_log_is_made_owner_only_and_left_alone_when_it_already_is() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let log = t.path().join("l.log");
+    std::fs::write(&log, "old\n").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let pattern = sh_pattern(t.path(), "true");
+    let ports = Ports { grpc: 1, health: 2 };
+    let run = || {
+        let s = spawn("ns:t:p", &spec(), &pattern, ports, &log, &[], "me").unwrap();
+        wait(&s);
+    };
+    run();
+    let meta = std::fs::metadata(&log).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    // Already owner-only, the file's inode is not changed again: a chmod
+    // would move its ctime (and wake every inotify watcher of the logs).
+    let ctime = (meta.ctime(), meta.ctime_nsec());
+    run();
+    let meta = std::fs::metadata(&log).unwrap();
+    assert_eq!((meta.ctime(), meta.ctime_nsec()), ctime);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "old\n");
+}
