@@ -79,10 +79,12 @@ impl Starter {
         let id = job.process_id.as_str();
         let began = std::time::Instant::now();
         let cgroup = job.limits.map(|l| self.cgroups.create(id, l));
-        let (oom_kills, pids_refused) = if cgroup.is_some() {
-            (self.cgroups.oom_kills(id), self.cgroups.pids_refused(id))
-        } else {
-            (0, 0)
+        // The counters a crash is later compared with; a new cgroup's are 0.
+        let (oom_kills, pids_refused) = match cgroup {
+            Some(Ok(false)) | Some(Err(_)) => {
+                (self.cgroups.oom_kills(id), self.cgroups.pids_refused(id))
+            }
+            Some(Ok(true)) | None => (0, 0),
         };
         let log = logs::log_path(&self.logs_dir, id);
         // Its output is echoed from here: what it writes before the echo

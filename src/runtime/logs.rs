@@ -195,13 +195,13 @@ impl LogEcho {
                 return;
             }
             // Only writes matter. Opens and reads must not count: the
-            // echo's own reads would wake it again, forever.
+            // echo's own reads would wake it again, forever. Nor does a
+            // file's creation: the threads follow only the files they are
+            // told of, and a new file's first write is a Modify.
             if let Ok(ev) = res
                 && matches!(
                     ev.kind,
-                    notify::EventKind::Modify(_)
-                        | notify::EventKind::Create(_)
-                        | notify::EventKind::Any
+                    notify::EventKind::Modify(_) | notify::EventKind::Any
                 )
             {
                 // Not the copies rotation makes.
