@@ -90,14 +90,14 @@ impl Starter {
         // Its output is echoed from here: what it writes before the echo
         // thread hears of it is not lost.
         let log_offset = logs::log_len(&log);
-        let procs = self.cgroups.procs_files(id);
+        let join = self.cgroups.join_files(id);
         let spawned = spawn::spawn(
             id,
             &job.spec,
             &job.pattern,
             job.ports,
             &log,
-            &procs,
+            &join,
             &self.launcher_id,
         );
         let (started, pidfd) = match spawned {

@@ -77,6 +77,7 @@ fn v2_limits_are_written_in_kernel_format() {
     )
     .unwrap();
     let dir = t.path().join("ns:a:p");
+    assert_eq!(c.join_files("ns:a:p"), vec![dir.join(PROCS)]);
     assert_eq!(
         std::fs::read_to_string(dir.join(V2_CPU_MAX)).unwrap(),
         "50000 100000"
@@ -132,6 +133,11 @@ fn v1_limits_are_written_in_each_hierarchy() {
     assert_eq!(
         std::fs::read_to_string(m.join("shared:p").join(V1_MEMORY_LIMIT)).unwrap(),
         (1u64 << 30).to_string()
+    );
+    // A child joins each hierarchy through `tasks`, not `cgroup.procs`.
+    assert_eq!(
+        c.join_files("shared:p"),
+        [&m, &cpu, &f].map(|d| d.join("shared:p").join(V1_TASKS))
     );
     std::fs::write(m.join("shared:p").join(PROCS), "12\n13\n").unwrap();
     std::fs::write(f.join("shared:p").join(PROCS), "13\n14\n").unwrap();

@@ -116,16 +116,17 @@ pub struct Spawned {
     pub pid: u32,
     /// A pidfd of it: readable once it exits; `waitid` on it reaps it.
     pub pidfd: OwnedFd,
-    /// False when it could not write itself into one of its `cgroup.procs`
+    /// False when it could not write itself into one of its cgroup files
     /// (the caller then moves it, or reports the limits as not enforced).
     pub joined_cgroups: bool,
 }
 
 /// Starts the process in its own process group, in its pattern directory,
 /// with stdout and stderr appended to `log` and stdin from `/dev/null`.
-/// When `cgroup_procs` names `cgroup.procs` files, the child writes itself
-/// into each before it execs the pattern, so nothing it forks can start
-/// outside its cgroups. Returns once the pattern's executable runs (or
+/// When `cgroup_join` names cgroup files (v1's `tasks`, v2's
+/// `cgroup.procs`: [`crate::runtime::cgroup::Cgroups::join_files`]), the
+/// child writes `0` (itself) into each before it execs the pattern, so
+/// nothing it forks can start outside its cgroups. Returns once the pattern's executable runs (or
 /// with the reason it could not).
 ///
 /// The child, in this order: joins its cgroups (as the launcher), takes
@@ -146,7 +147,7 @@ pub fn spawn(
     pattern: &Pattern,
     ports: Ports,
     log: &Path,
-    cgroup_procs: &[PathBuf],
+    cgroup_join: &[PathBuf],
     launcher: &str,
 ) -> Result<Spawned, SpawnError> {
     let log_err = |source| SpawnError::Log {
@@ -180,7 +181,7 @@ pub fn spawn(
         pattern,
         environment(process_id, spec, pattern, ports, launcher),
         [stdin.into(), out.into(), err.into()],
-        cgroup_procs,
+        cgroup_join,
         creds,
     )
     .map_err(exec_err)?;
@@ -200,7 +201,7 @@ struct ChildSetup {
     /// stdin, stdout, stderr, each at fd 3 or above (so the `dup2`s onto
     /// 0, 1 and 2 never overwrite one another).
     stdio: [OwnedFd; 3],
-    cgroup_procs: Vec<CString>,
+    cgroup_join: Vec<CString>,
     /// Open-file limits to restore (see [`keep_child_fd_limit`]).
     nofile: Option<(u64, u64)>,
     /// The ids to switch to (the manifest's `user:`), when the launcher
@@ -254,7 +255,7 @@ impl ChildSetup {
         pattern: &Pattern,
         env: Vec<(String, String)>,
         stdio: [OwnedFd; 3],
-        cgroup_procs: &[PathBuf],
+        cgroup_join: &[PathBuf],
         creds: Option<ChildCreds>,
     ) -> std::io::Result<Self> {
         // A relative executable is relative to the launcher's directory,
@@ -322,7 +323,7 @@ impl ChildSetup {
             envp,
             dir: nul_free(pattern.dir.as_os_str().as_bytes())?,
             stdio: [high(i)?, high(o)?, high(e)?],
-            cgroup_procs: cgroup_procs
+            cgroup_join: cgroup_join
                 .iter()
                 .map(|p| nul_free(p.as_os_str().as_bytes()))
                 .collect::<Result<_, _>>()?,
@@ -541,7 +542,7 @@ impl ChildSetup {
                 // pattern keeps the launcher's.
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
-            for path in &self.cgroup_procs {
+            for path in &self.cgroup_join {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
                     joined.store(false, Ordering::SeqCst);
