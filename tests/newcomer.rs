@@ -160,6 +160,20 @@ fn fake_cargo(dir: &Path) -> PathBuf {
     bin
 }
 
+/// A child leading its own process group: the group is SIGKILLed when this
+/// is dropped with the leader not yet reaped (a test that panics halfway
+/// leaves nothing running).
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = killpg(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn the_run_script_lets_the_users_flags_win() {
     let t = tempfile::tempdir().expect("temp dir");
@@ -183,32 +197,31 @@ fn the_run_script_lets_the_users_flags_win() {
         std::env::var("PATH").unwrap_or_default()
     );
     let log = fs::File::create(t.path().join("run.log")).expect("log");
-    let mut child = Command::new("bash")
-        .arg(Path::new(REPO).join("scripts/run.sh"))
-        .args(["--grpc-port", &port.to_string()])
-        // Given twice: the last one wins, as with most command-line tools.
-        .args(["--state-dir", "/nonexistent/ignored"])
-        .args(["--state-dir", &state.display().to_string()])
-        .args(["--desired-dir", &desired.display().to_string()])
-        .env("PATH", path)
-        .env("CARGO_TARGET_DIR", t.path().join("target"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .expect("run scripts/run.sh");
-    let pgid = Pid::from_raw(child.id() as i32);
+    let mut child = Group(
+        Command::new("bash")
+            .arg(Path::new(REPO).join("scripts/run.sh"))
+            .args(["--grpc-port", &port.to_string()])
+            // Given twice: the last one wins, as with most command-line tools.
+            .args(["--state-dir", "/nonexistent/ignored"])
+            .args(["--state-dir", &state.display().to_string()])
+            .args(["--desired-dir", &desired.display().to_string()])
+            .env("PATH", path)
+            .env("CARGO_TARGET_DIR", t.path().join("target"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("run scripts/run.sh"),
+    );
+    let pgid = Pid::from_raw(child.0.id() as i32);
     // As the user checks it: `grpcurl -plaintext 127.0.0.1:<port> list`.
     let served = wait_until(READY_TIMEOUT, || {
-        child.try_wait().ok().flatten().is_none() && grpcurl_lists_service(port)
+        child.0.try_wait().ok().flatten().is_none() && grpcurl_lists_service(port)
     });
     let _ = killpg(pgid, Signal::SIGTERM);
-    let stopped = wait_until(STOP_TIMEOUT, || child.try_wait().ok().flatten().is_some());
-    if !stopped {
-        let _ = killpg(pgid, Signal::SIGKILL);
-        let _ = child.wait();
-    }
+    let stopped = wait_until(STOP_TIMEOUT, || child.0.try_wait().ok().flatten().is_some());
+    drop(child);
     let log = read_lossy(t.path().join("run.log"));
     assert!(
         served,
