@@ -268,6 +268,7 @@ impl Runtime for LinuxRuntime {
             logs_dir: self.logs_dir.clone(),
             launcher_id: self.launcher_id.clone(),
         };
+        let cheap_join = self.cgroups.cheap_join();
         async move {
             // The clones of a batch block their thread until each child
             // has exec'd (about 0.5 ms each). A batch of several, on the
@@ -280,12 +281,15 @@ impl Runtime for LinuxRuntime {
             // 80 kills, medians: 1.77-2.03 ms with it, 1.17-1.42 ms
             // without), and another worker steals this one's queued tasks
             // meanwhile (with one worker there is none: the hand-off
-            // stays). On the current-thread runtime, on a blocking thread. The batch's processes are supervised once its clones
+            // stays). Not on cgroup v2, whose join can wait out an RCU
+            // grace period (`Cgroups::cheap_join`). On the current-thread
+            // runtime, on a blocking thread. The batch's processes are supervised once its clones
             // are done: probes and log followers would otherwise compete
             // with the next clones for the CPU.
             let handle = tokio::runtime::Handle::current();
             let multi = handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
-            let inline = multi && jobs.len() == 1 && handle.metrics().num_workers() > 1;
+            let inline =
+                multi && jobs.len() == 1 && handle.metrics().num_workers() > 1 && cheap_join;
             let run = move || {
                 jobs.into_iter()
                     .map(|job| {

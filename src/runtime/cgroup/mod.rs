@@ -355,6 +355,13 @@ impl Cgroups {
         }
     }
 
+    /// Whether a child joins its cgroup without the kernel's global
+    /// threadgroup lock (see [`V1_TASKS`]): on v1; on v2 its `cgroup.procs`
+    /// write takes it.
+    pub fn cheap_join(&self) -> bool {
+        !matches!(self, Cgroups::V2(_))
+    }
+
     /// The files of the instance's cgroup that a new child, still single
     /// threaded, writes `0` to before it execs, to join it: on v1 each
     /// hierarchy's `tasks` (see [`V1_TASKS`]: the child is its process's

@@ -78,6 +78,7 @@ fn v2_limits_are_written_in_kernel_format() {
     .unwrap();
     let dir = t.path().join("ns:a:p");
     assert_eq!(c.join_files("ns:a:p"), vec![dir.join(PROCS)]);
+    assert!(!c.cheap_join());
     assert_eq!(
         std::fs::read_to_string(dir.join(V2_CPU_MAX)).unwrap(),
         "50000 100000"
@@ -139,6 +140,7 @@ fn v1_limits_are_written_in_each_hierarchy() {
         c.join_files("shared:p"),
         [&m, &cpu, &f].map(|d| d.join("shared:p").join(V1_TASKS))
     );
+    assert!(c.cheap_join());
     std::fs::write(m.join("shared:p").join(PROCS), "12\n13\n").unwrap();
     std::fs::write(f.join("shared:p").join(PROCS), "13\n14\n").unwrap();
     assert_eq!(c.pids("shared:p"), vec![12, 13, 14]);
