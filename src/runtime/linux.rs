@@ -91,13 +91,17 @@ impl Starter {
         // thread hears of it is not lost.
         let log_offset = logs::log_len(&log);
         let join = self.cgroups.join_files(id);
-        let spawned = spawn::spawn(
+        let into = self.cgroups.create_in(id);
+        let spawned = spawn::spawn_in(
             id,
             &job.spec,
             &job.pattern,
             job.ports,
             &log,
-            &join,
+            spawn::CgroupJoin {
+                files: &join,
+                into: into.as_deref(),
+            },
             &self.launcher_id,
         );
         let (started, pidfd) = match spawned {

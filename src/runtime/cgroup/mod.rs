@@ -356,10 +356,22 @@ impl Cgroups {
     }
 
     /// Whether a child joins its cgroup without the kernel's global
-    /// threadgroup lock (see [`V1_TASKS`]): on v1; on v2 its `cgroup.procs`
-    /// write takes it.
+    /// threadgroup lock (see [`V1_TASKS`]): on v1. On v2 a child is
+    /// created in its cgroup ([`Cgroups::create_in`]) where the kernel
+    /// allows, else its `cgroup.procs` write takes the lock: counted as
+    /// not cheap.
     pub fn cheap_join(&self) -> bool {
         !matches!(self, Cgroups::V2(_))
+    }
+
+    /// On v2, the instance's cgroup directory, to create its child in
+    /// (`clone3` with `CLONE_INTO_CGROUP`); `join_files` remain the
+    /// fallback.
+    pub fn create_in(&self, process_id: &str) -> Option<PathBuf> {
+        match self {
+            Cgroups::V2(v) => Some(v.parent.join(leaf(process_id))),
+            Cgroups::V1(_) | Cgroups::Unsupported(_) => None,
+        }
     }
 
     /// The files of the instance's cgroup that a new child, still single

@@ -23,6 +23,7 @@ use crate::reconcile::observed::Ports;
 use crate::spec::InstanceSpec;
 use crate::spec::manifest::Pattern;
 
+mod clone3;
 mod credentials;
 mod executable;
 pub mod slots;
@@ -150,6 +151,39 @@ pub fn spawn(
     cgroup_join: &[PathBuf],
     launcher: &str,
 ) -> Result<Spawned, SpawnError> {
+    let join = CgroupJoin {
+        files: cgroup_join,
+        into: None,
+    };
+    spawn_in(process_id, spec, pattern, ports, log, join, launcher)
+}
+
+/// How a child gets into its cgroups.
+#[derive(Debug, Clone, Copy)]
+pub struct CgroupJoin<'a> {
+    /// Files the child writes `0` to before it execs.
+    pub files: &'a [PathBuf],
+    /// A cgroup v2 directory to create the child in (`clone3` with
+    /// `CLONE_INTO_CGROUP`): it then writes none of `files`, unless the
+    /// kernel refuses that (older than 5.7, a seccomp filter, not x86-64).
+    pub into: Option<&'a Path>,
+}
+
+/// [`spawn`], with the child created in its cgroup v2 when `join.into`
+/// names one.
+///
+/// # Errors
+///
+/// As [`spawn`].
+pub fn spawn_in(
+    process_id: &str,
+    spec: &InstanceSpec,
+    pattern: &Pattern,
+    ports: Ports,
+    log: &Path,
+    join: CgroupJoin<'_>,
+    launcher: &str,
+) -> Result<Spawned, SpawnError> {
     let log_err = |source| SpawnError::Log {
         path: log.to_path_buf(),
         source,
@@ -181,7 +215,7 @@ pub fn spawn(
         pattern,
         environment(process_id, spec, pattern, ports, launcher),
         [stdin.into(), out.into(), err.into()],
-        cgroup_join,
+        join,
         creds,
     )
     .map_err(exec_err)?;
@@ -202,6 +236,8 @@ struct ChildSetup {
     /// 0, 1 and 2 never overwrite one another).
     stdio: [OwnedFd; 3],
     cgroup_join: Vec<CString>,
+    /// The cgroup v2 directory to create the child in, open.
+    cgroup_into: Option<OwnedFd>,
     /// Open-file limits to restore (see [`keep_child_fd_limit`]).
     nofile: Option<(u64, u64)>,
     /// The ids to switch to (the manifest's `user:`), when the launcher
@@ -255,7 +291,7 @@ impl ChildSetup {
         pattern: &Pattern,
         env: Vec<(String, String)>,
         stdio: [OwnedFd; 3],
-        cgroup_join: &[PathBuf],
+        join: CgroupJoin<'_>,
         creds: Option<ChildCreds>,
     ) -> std::io::Result<Self> {
         // A relative executable is relative to the launcher's directory,
@@ -323,10 +359,15 @@ impl ChildSetup {
             envp,
             dir: nul_free(pattern.dir.as_os_str().as_bytes())?,
             stdio: [high(i)?, high(o)?, high(e)?],
-            cgroup_join: cgroup_join
+            cgroup_join: join
+                .files
                 .iter()
                 .map(|p| nul_free(p.as_os_str().as_bytes()))
                 .collect::<Result<_, _>>()?,
+            // Not open: the child joins through `files`.
+            cgroup_into: join
+                .into
+                .and_then(|dir| std::fs::File::open(dir).ok().map(OwnedFd::from)),
             nofile: CHILD_NOFILE.get().copied(),
             creds,
             no_new_privs: pattern.no_new_privileges,
@@ -384,13 +425,31 @@ impl ChildSetup {
         // system call gives it a table of its own: until then it touches
         // no descriptor, and nothing of ours touches the slots while they
         // are filled (the lock of `filled`).
-        let cloned = unsafe {
-            nix::sched::clone(
-                Box::new(|| self.in_child(&stage, &errno, &joined, shared)),
-                stack.as_mut_slice(),
-                flags,
-                Some(nix::libc::SIGCHLD),
-            )
+        // The same holds for `clone3`, which creates the child in its
+        // cgroup v2 (it then writes no `cgroup.procs`); where the kernel
+        // refuses it, no child exists and `clone` makes one.
+        let into = match self.cgroup_into.as_ref().map(AsRawFd::as_raw_fd) {
+            Some(dir) => {
+                let mut cb = || self.in_child(&stage, &errno, &joined, shared, true);
+                match unsafe {
+                    clone3::clone_into_cgroup(&mut cb, stack.as_mut_slice(), flags.bits(), dir)
+                } {
+                    Err(e) if clone3::unsupported(e) => None,
+                    r => Some(r.map(Pid::from_raw)),
+                }
+            }
+            None => None,
+        };
+        let cloned = match into {
+            Some(r) => r,
+            None => unsafe {
+                nix::sched::clone(
+                    Box::new(|| self.in_child(&stage, &errno, &joined, shared, false)),
+                    stack.as_mut_slice(),
+                    flags,
+                    Some(nix::libc::SIGCHLD),
+                )
+            },
         };
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         drop(filled);
@@ -471,6 +530,7 @@ impl ChildSetup {
         errno: &AtomicI32,
         joined: &AtomicBool,
         shared: Option<[std::os::fd::RawFd; 3]>,
+        in_cgroup: bool,
     ) -> isize {
         use nix::libc;
         let fail = |at: i32| -> isize {
@@ -542,7 +602,9 @@ impl ChildSetup {
                 // pattern keeps the launcher's.
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
-            for path in &self.cgroup_join {
+            // Created in its cgroup (`clone3`), it has nothing to join.
+            let join: &[CString] = if in_cgroup { &[] } else { &self.cgroup_join };
+            for path in join {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
                     joined.store(false, Ordering::SeqCst);

@@ -139,6 +139,70 @@ fn the_child_runs_in_its_group_dir_and_cgroups_with_a_clean_signal_state() {
     assert_eq!(ign & (1 << 12), 0, "SigIgn {ign:x}");
 }
 
+/// The cgroup v2 mount point (`/proc/self/mounts`).
+fn cgroup2_mount() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("this test needs a mounted cgroup v2 hierarchy")
+}
+
+#[test]
+fn a_child_created_in_its_v2_cgroup_writes_no_join_file() {
+    let t = tempfile::tempdir().unwrap();
+    let name = format!("prism-launcher-spawn-test-{}", std::process::id());
+    let cgroup = cgroup2_mount().join(&name);
+    std::fs::create_dir(&cgroup).expect("create a cgroup v2 (as root)");
+    let procs = [t.path().join("a.procs")];
+    std::fs::write(&procs[0], "").unwrap();
+    let mut cat = sh_pattern(t.path(), "");
+    cat.executable = PathBuf::from("/bin/cat");
+    cat.args = vec!["/proc/self/cgroup".into()];
+    let log = t.path().join("cgroup.log");
+    let join = CgroupJoin {
+        files: &procs,
+        into: Some(&cgroup),
+    };
+    let ports = Ports { grpc: 1, health: 2 };
+    let s = spawn_in("ns:t:p", &spec(), &cat, ports, &log, join, "me").unwrap();
+    assert!(s.joined_cgroups);
+    let status = wait(&s);
+    let _ = std::fs::remove_dir(&cgroup);
+    assert_eq!(
+        status,
+        nix::sys::wait::WaitStatus::Exited(Pid::from_raw(s.pid as i32), 0)
+    );
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert!(out.contains(&format!("0::/{name}\n")), "{out}");
+    // Created there by clone3: the fallback's write did not happen.
+    assert_eq!(std::fs::read_to_string(&procs[0]).unwrap(), "");
+}
+
+#[test]
+fn a_directory_that_is_no_cgroup_falls_back_to_the_join_files() {
+    let t = tempfile::tempdir().unwrap();
+    let procs = [t.path().join("a.procs")];
+    std::fs::write(&procs[0], "").unwrap();
+    let pattern = sh_pattern(t.path(), "exit 0");
+    let join = CgroupJoin {
+        files: &procs,
+        into: Some(t.path()),
+    };
+    let ports = Ports { grpc: 1, health: 2 };
+    let log = t.path().join("l");
+    let s = spawn_in("ns:t:p", &spec(), &pattern, ports, &log, join, "me").unwrap();
+    assert!(s.joined_cgroups);
+    assert_eq!(
+        wait(&s),
+        nix::sys::wait::WaitStatus::Exited(Pid::from_raw(s.pid as i32), 0)
+    );
+    assert_eq!(std::fs::read_to_string(&procs[0]).unwrap(), "0");
+}
+
 #[test]
 fn a_cgroup_that_cannot_be_joined_is_reported_not_fatal() {
     let t = tempfile::tempdir().unwrap();
