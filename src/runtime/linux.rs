@@ -284,7 +284,8 @@ impl Runtime for LinuxRuntime {
             // hand-off would cost more than it saves (kill -9 → new pid,
             // 80 kills, medians: 1.77-2.03 ms with it, 1.17-1.42 ms
             // without), and another worker steals this one's queued tasks
-            // meanwhile (with one worker there is none: the hand-off
+            // meanwhile (all but the one in its LIFO slot, which waits for
+            // the clone; with one worker there is none: the hand-off
             // stays). Not on cgroup v2, whose join can wait out an RCU
             // grace period (`Cgroups::cheap_join`). On the current-thread
             // runtime, on a blocking thread. The batch's processes are supervised once its clones

@@ -20,9 +20,10 @@ use nix::unistd::Pid;
 /// `cgroup.procs`: one pid per line; writing a pid moves that process.
 const PROCS: &str = "cgroup.procs";
 /// v1's `tasks`: writing `0` moves the calling thread alone. Unlike a write
-/// to `cgroup.procs`, it does not take the kernel's global threadgroup lock,
-/// whose every taking from idle waits out an RCU grace period (5-15 ms on
-/// a 2-core VM, each restart).
+/// to `cgroup.procs`, it does not take the kernel's global threadgroup lock
+/// (on recent kernels, 6.18 here; older ones take it for both), whose every
+/// taking from idle waits out an RCU grace period (5-15 ms on a 2-core VM,
+/// each restart).
 const V1_TASKS: &str = "tasks";
 /// v2 `cgroup.kill`: writing "1" SIGKILLs every process of the subtree.
 const V2_KILL: &str = "cgroup.kill";

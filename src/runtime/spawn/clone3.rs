@@ -7,9 +7,11 @@
 //! glibc exports no `clone3`, and a child that shares our memory must start
 //! on its own stack, which a plain `syscall()` cannot arrange (the child
 //! would return into the caller's frames on the caller's stack): the
-//! system call is made here in assembly, x86-64 only. Elsewhere, and where
-//! the kernel refuses it, the caller falls back to `clone` and the child's
-//! own `cgroup.procs` write.
+//! system call is made here in assembly, x86-64 only. Elsewhere, and
+//! whenever the kernel refuses it (older than 5.7, a seccomp filter, a
+//! cgroup it will not create the child in, any other error: no child exists
+//! then), the caller falls back to `clone` and the child's own
+//! `cgroup.procs` write, whose failure is reported but not fatal.
 
 use std::ffi::c_void;
 use std::os::fd::RawFd;
@@ -35,17 +37,6 @@ struct CloneArgs {
     set_tid: u64,
     set_tid_size: u64,
     cgroup: u64,
-}
-
-/// Whether a refusal of `clone3` means "not here" (an older kernel, a
-/// seccomp filter, no right to the cgroup, a directory that is no cgroup),
-/// for which the caller falls back
-/// to `clone`, rather than a failure that `clone` would meet too.
-pub(super) fn unsupported(e: Errno) -> bool {
-    matches!(
-        e,
-        Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG | Errno::EPERM | Errno::EACCES | Errno::EBADF
-    )
 }
 
 /// The child's entry: runs the callback, then exits with its value (it
@@ -78,6 +69,7 @@ pub(super) unsafe fn clone_into_cgroup(
     flags: libc::c_int,
     cgroup: RawFd,
 ) -> Result<libc::pid_t, Errno> {
+    debug_assert!(flags & libc::CLONE_VFORK != 0 && flags & libc::CSIGNAL == 0);
     let mut cb = cb;
     let args = CloneArgs {
         flags: u64::from(flags.cast_unsigned()) | CLONE_INTO_CGROUP,
@@ -90,8 +82,10 @@ pub(super) unsafe fn clone_into_cgroup(
     let arg: *mut c_void = (&raw mut cb).cast();
     let ret: i64;
     // SAFETY: the kernel starts the child at the instruction after
-    // `syscall` with rax = 0 and rsp at the top of `stack`: it calls
-    // `entry`, which never returns (`ud2` would trap if it did). The
+    // `syscall` with rax = 0 and rsp at the top of `stack` (aligned to 16
+    // again before the call): it calls `entry`, which never returns (`ud2`
+    // would trap if it did). The child's frames have no unwind info of
+    // their own; nothing unwinds there (`entry` aborts on a panic). The
     // parent gets the pid or -errno in rax; `syscall` clobbers rcx and
     // r11; the parent's stack is not touched.
     unsafe {
@@ -100,6 +94,7 @@ pub(super) unsafe fn clone_into_cgroup(
             "test rax, rax",
             "jnz 2f",
             "xor ebp, ebp",
+            "and rsp, -16",
             "mov rdi, r13",
             "call r12",
             "ud2",
@@ -117,7 +112,10 @@ pub(super) unsafe fn clone_into_cgroup(
     if ret < 0 {
         return Err(Errno::from_raw(i32::try_from(-ret).unwrap_or(libc::EINVAL)));
     }
-    Ok(libc::pid_t::try_from(ret).unwrap_or(0))
+    libc::pid_t::try_from(ret)
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or(Errno::EINVAL)
 }
 
 /// Not on this architecture: the caller clones as before.

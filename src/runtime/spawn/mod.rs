@@ -164,8 +164,9 @@ pub struct CgroupJoin<'a> {
     /// Files the child writes `0` to before it execs.
     pub files: &'a [PathBuf],
     /// A cgroup v2 directory to create the child in (`clone3` with
-    /// `CLONE_INTO_CGROUP`): it then writes none of `files`, unless the
-    /// kernel refuses that (older than 5.7, a seccomp filter, not x86-64).
+    /// `CLONE_INTO_CGROUP`): it then writes none of `files`. When that
+    /// cannot be done (not x86-64, the directory cannot be opened, the
+    /// kernel refuses it for whatever reason), the child writes `files`.
     pub into: Option<&'a Path>,
 }
 
@@ -426,22 +427,21 @@ impl ChildSetup {
         // no descriptor, and nothing of ours touches the slots while they
         // are filled (the lock of `filled`).
         // The same holds for `clone3`, which creates the child in its
-        // cgroup v2 (it then writes no `cgroup.procs`); where the kernel
-        // refuses it, no child exists and `clone` makes one.
+        // cgroup v2 (it then writes no `cgroup.procs`). After any error of
+        // it no child exists, and `clone` makes one, which joins through
+        // the files (a failure there is reported, not fatal).
         let into = match self.cgroup_into.as_ref().map(AsRawFd::as_raw_fd) {
             Some(dir) => {
                 let mut cb = || self.in_child(&stage, &errno, &joined, shared, true);
-                match unsafe {
+                unsafe {
                     clone3::clone_into_cgroup(&mut cb, stack.as_mut_slice(), flags.bits(), dir)
-                } {
-                    Err(e) if clone3::unsupported(e) => None,
-                    r => Some(r.map(Pid::from_raw)),
                 }
+                .ok()
             }
             None => None,
         };
         let cloned = match into {
-            Some(r) => r,
+            Some(pid) => Ok(Pid::from_raw(pid)),
             None => unsafe {
                 nix::sched::clone(
                     Box::new(|| self.in_child(&stage, &errno, &joined, shared, false)),
