@@ -18,7 +18,8 @@ use crate::bins::{LAUNCHER, bin_path};
 use crate::files::{read_lossy, tail};
 use crate::grpc::grpcurl::grpcurl_call;
 use crate::grpc::{GrpcClient, GrpcError, SERVICE, Target, probe, probe_unix};
-use crate::wait::{READY_TIMEOUT, STOP_TIMEOUT};
+use crate::ports::port_free;
+use crate::wait::{READY_TIMEOUT, STOP_TIMEOUT, wait_until};
 
 /// How the tests' calls reach the launcher.
 pub(crate) enum Transport {
@@ -211,6 +212,12 @@ impl Launcher {
         if self.child.is_some() {
             self.stop();
         }
+        // After a kill -9 in the middle of a burst of starts the port was
+        // once still taken 40 ms after the launcher was reaped (a child
+        // cloned with the launcher's descriptor table holds the listening
+        // socket until its first system call): wait for it, as a
+        // supervisor's restart delay would.
+        wait_until(READY_TIMEOUT, || port_free(self.grpc_port));
         self.start();
     }
 
