@@ -288,9 +288,10 @@ impl Runtime for LinuxRuntime {
             // the clone; with one worker there is none: the hand-off
             // stays). Not on cgroup v2, whose join can wait out an RCU
             // grace period (`Cgroups::cheap_join`). On the current-thread
-            // runtime, on a blocking thread. The batch's processes are supervised once its clones
-            // are done: probes and log followers would otherwise compete
-            // with the next clones for the CPU.
+            // runtime, on a blocking thread. The batch's processes are
+            // supervised once its clones are done: probes and log
+            // followers would otherwise compete with the next clones for
+            // the CPU.
             let handle = tokio::runtime::Handle::current();
             let multi = handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
             let inline =
