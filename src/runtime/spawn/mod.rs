@@ -128,8 +128,8 @@ pub struct Spawned {
 /// When `cgroup_join` names cgroup files (v1's `tasks`, v2's
 /// `cgroup.procs`: [`crate::runtime::cgroup::Cgroups::join_files`]), the
 /// child writes `0` (itself) into each before it execs the pattern, so
-/// nothing it forks can start outside its cgroups. Returns once the pattern's executable runs (or
-/// with the reason it could not).
+/// nothing it forks can start outside its cgroups. Returns once the
+/// pattern's executable runs (or with the reason it could not).
 ///
 /// The child, in this order: joins its cgroups (as the launcher), takes
 /// the manifest's user (`setgroups`, `setresgid`, `setresuid`; only when
